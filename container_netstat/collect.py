@@ -1,0 +1,191 @@
+"""Containers -> one set of /proc/<pid>/net readings per network namespace.
+
+Containers that share a namespace (a Kubernetes pod's containers join its pause
+container; ``--network container:X``) are read once and reported under one owner.
+Host-network containers are not reported: they would repeat the host's numbers.
+One container that cannot be read never fails the run: it is counted instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from container_netstat import procnet
+from container_netstat.discovery import POD_UID, Container
+from container_netstat.errors import ContainerNetstatError, ProcessGone
+from container_netstat.pids import PidResolver
+from container_netstat.procfs import ProcFS
+
+log = logging.getLogger(__name__)
+
+Tags = Tuple[Tuple[str, str], ...]
+HOST_PID = 1
+
+
+@dataclass(frozen=True)
+class NetnsStats:
+    """The raw readings of one container network namespace."""
+
+    owner: Container
+    members: Tuple[str, ...]
+    pid: int
+    key: int
+    tags: Tags
+    sockstat: procnet.Sections
+    sockstat6: procnet.Sections
+    snmp: procnet.Sections
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """The host's sockstat (host-wide fields are read here, once) and its kernel."""
+
+    kernel_release: str
+    key: int
+    sockstat: procnet.Sections
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one run read, and what it could not."""
+
+    host: HostStats
+    namespaces: Tuple[NetnsStats, ...]
+    containers: int
+    gone: Tuple[str, ...]
+    failed: Tuple[str, ...]
+    host_network: Tuple[str, ...]
+
+
+def identity_tags(members: Sequence[Container], owner: Container) -> Tags:
+    """Series identity: (namespace, pod) for a Kubernetes pod, else the owner's name.
+
+    Only tags that do not change when a pod's container set changes.
+    """
+    for container in [owner, *members]:
+        if container.pod:
+            namespace, pod = container.pod
+            return (("namespace", namespace), ("pod", pod))
+    return (("container", owner.name),)
+
+
+def _pick_owner(roots: Sequence[Container]) -> Container:
+    return sorted(roots, key=lambda c: (not c.is_sandbox, c.name))[0]
+
+
+def _find(containers: Sequence[Container], ref: str) -> Optional[Container]:
+    for container in containers:
+        if ref in (container.id, container.name) or (len(ref) >= 12 and container.id.startswith(ref)):
+            return container
+    return None
+
+
+def read_host(proc: ProcFS) -> HostStats:
+    """Read the host's namespace key and sockstat (from pid 1 under the proc root)."""
+    path = proc.path(HOST_PID, "net", "sockstat")
+    return HostStats(
+        kernel_release=proc.kernel_release(),
+        key=proc.netns_key(HOST_PID),
+        sockstat=procnet.parse_sockstat(proc.read_net(HOST_PID, "sockstat"), path),
+    )
+
+
+def read_netns(proc: ProcFS, pid: int) -> Tuple[procnet.Sections, procnet.Sections, procnet.Sections]:
+    """Read and parse sockstat, sockstat6 (empty when IPv6 is off) and snmp of one pid."""
+    sockstat = procnet.parse_sockstat(proc.read_net(pid, "sockstat"), proc.path(pid, "net", "sockstat"))
+    sockstat6: procnet.Sections = {}
+    if proc.has_net(pid, "sockstat6"):
+        sockstat6 = procnet.parse_sockstat(
+            proc.read_net(pid, "sockstat6"), proc.path(pid, "net", "sockstat6")
+        )
+    snmp = procnet.parse_snmp(proc.read_net(pid, "snmp"), proc.path(pid, "net", "snmp"))
+    return sockstat, sockstat6, snmp
+
+
+def collect(containers: Sequence[Container], resolver: PidResolver, proc: ProcFS) -> Snapshot:
+    """Read every container namespace once; see the module docstring."""
+    host = read_host(proc)
+    gone: List[str] = []
+    failed: List[str] = []
+    host_network: List[str] = []
+
+    roots: List[Container] = []
+    joiners: Dict[str, List[Container]] = {}
+    for container in containers:
+        if container.is_host_network:
+            log.debug("container %s: host network, reported by the host, not as a container", container.name)
+            host_network.append(container.name)
+            continue
+        target = _find(containers, container.joins) if container.joins else None
+        if target is not None and target is not container:
+            joiners.setdefault(target.id, []).append(container)
+        else:
+            roots.append(container)
+
+    resolved = resolver.resolve([(c.id, c.labels.get(POD_UID, "")) for c in roots])
+    groups: Dict[int, List[Tuple[Container, int]]] = {}
+    for container in roots:
+        found = resolved.get(container.id)
+        if found is None:
+            log.warning("container %s: exited during the run; skipped", container.name)
+            gone.append(container.name)
+            continue
+        try:
+            key = proc.netns_key(found.pid)
+        except ProcessGone:
+            log.warning("container %s: exited during the run; skipped", container.name)
+            gone.append(container.name)
+            continue
+        except ContainerNetstatError as err:
+            log.error("container %s: cannot read its network namespace: %s", container.name, err)
+            failed.append(container.name)
+            continue
+        if key == host.key:
+            log.debug("container %s: in the host's network namespace, not reported as a container", container.name)
+            host_network.append(container.name)
+            continue
+        groups.setdefault(key, []).append((container, found.pid))
+
+    namespaces: List[NetnsStats] = []
+    for key, entries in groups.items():
+        owner = _pick_owner([c for c, _ in entries])
+        members = [c for c, _ in entries] + [j for c, _ in entries for j in joiners.get(c.id, [])]
+        names = tuple(sorted(c.name for c in members))
+        if len(members) > 1:
+            log.debug("namespace %d: %s share it; owner %s", key, ", ".join(names), owner.name)
+        for container, pid in sorted(entries, key=lambda e: e[0] is not owner):
+            try:
+                sockstat, sockstat6, snmp = read_netns(proc, pid)
+            except ProcessGone:
+                continue  # another member may still be there
+            except ContainerNetstatError as err:
+                log.error("container %s: %s", owner.name, err)
+                failed.append(owner.name)
+                break
+            namespaces.append(
+                NetnsStats(
+                    owner=owner,
+                    members=names,
+                    pid=pid,
+                    key=key,
+                    tags=identity_tags(members, owner),
+                    sockstat=sockstat,
+                    sockstat6=sockstat6,
+                    snmp=snmp,
+                )
+            )
+            break
+        else:
+            log.warning("container %s: exited during the run; skipped", owner.name)
+            gone.append(owner.name)
+
+    return Snapshot(
+        host=host,
+        namespaces=tuple(sorted(namespaces, key=lambda n: n.tags)),
+        containers=len(containers),
+        gone=tuple(gone),
+        failed=tuple(failed),
+        host_network=tuple(host_network),
+    )

@@ -1,0 +1,86 @@
+"""Thin readers under an injected proc root: they open files and translate OS errors.
+
+Parsing lives in ``procnet``; this module only knows paths. A missing file means
+"process gone" only once the pid itself is confirmed gone (psutil's rule): after
+a container exits, /proc/<pid>/net/* gives ENOENT, and a zombie also gives ENOENT
+for its files although /proc/<pid> still exists (FACTS §4).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from container_netstat.errors import ProcessGone, ProcReadError
+
+DEFAULT_PROC_ROOT = "/proc"
+
+
+class ProcFS:
+    """Access to one proc mount (the host's /proc, possibly mounted elsewhere)."""
+
+    def __init__(self, root: str = DEFAULT_PROC_ROOT) -> None:
+        self.root = root
+
+    def path(self, *parts: object) -> str:
+        return os.path.join(self.root, *(str(p) for p in parts))
+
+    def _pid_is_gone(self, pid: int) -> bool:
+        try:
+            with open(self.path(pid, "stat"), "rb") as f:
+                stat = f.read()
+        except OSError:
+            return True
+        # The state is the field after the parenthesised command name.
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+        return state in (b"Z", b"X")
+
+    def _read(self, pid: int, path: str) -> str:
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode("ascii", errors="replace")
+        except (FileNotFoundError, ProcessLookupError) as err:
+            if self._pid_is_gone(pid):
+                raise ProcessGone(pid, path) from err
+            raise ProcReadError(f"{path}: no such file") from err
+        except OSError as err:
+            if err.errno in (errno.ESRCH, errno.EINVAL) and self._pid_is_gone(pid):
+                raise ProcessGone(pid, path) from err
+            raise ProcReadError(f"{path}: {err.strerror or err}") from err
+
+    def read_net(self, pid: int, name: str) -> str:
+        """Read /proc/<pid>/net/<name> (sockstat, sockstat6, snmp, netstat)."""
+        return self._read(pid, self.path(pid, "net", name))
+
+    def has_net(self, pid: int, name: str) -> bool:
+        """True if the file exists; sockstat6 is absent when IPv6 is disabled."""
+        return os.path.exists(self.path(pid, "net", name))
+
+    def netns_key(self, pid: int) -> int:
+        """An id of the pid's network namespace that needs no ptrace rights.
+
+        Every namespace has its own /proc/net tree, so the inode of its sockstat
+        entry identifies it; readlink(/proc/<pid>/ns/net) can fail with EACCES.
+        """
+        path = self.path(pid, "net", "sockstat")
+        try:
+            return os.stat(path).st_ino
+        except (FileNotFoundError, ProcessLookupError) as err:
+            if self._pid_is_gone(pid):
+                raise ProcessGone(pid, path) from err
+            raise ProcReadError(f"{path}: no such file") from err
+        except OSError as err:
+            raise ProcReadError(f"{path}: {err.strerror or err}") from err
+
+    def read_cgroup(self, pid: int) -> str:
+        """Read /proc/<pid>/cgroup (used to check that a pid belongs to a container)."""
+        return self._read(pid, self.path(pid, "cgroup"))
+
+    def kernel_release(self) -> str:
+        """The running kernel's release string, e.g. ``6.18.44``."""
+        path = self.path("sys", "kernel", "osrelease")
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                return f.read().strip()
+        except OSError as err:
+            raise ProcReadError(f"{path}: {err.strerror or err}") from err

@@ -1,0 +1,81 @@
+"""Pure parsers for /proc/<pid>/net files: text in, ``{section: {field: int}}`` out.
+
+No file access and no logging here; the readers in ``procfs`` hand the text in.
+Fields are looked up by name, never by position: kernels add, drop and reorder
+them (distribution backports reorder TcpExt, 6.x added ``Ip: OutTransmits``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+from container_netstat.errors import ParseError
+
+Sections = Dict[str, Dict[str, int]]
+
+
+def _to_int(token: str, source: str, lineno: int) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise ParseError(source, f"not an integer: {token!r}", lineno) from None
+
+
+def _split_prefix(line: str, source: str, lineno: int) -> tuple[str, list[str]]:
+    prefix, sep, rest = line.partition(":")
+    if not sep or not prefix or " " in prefix:
+        raise ParseError(source, f"no 'Section:' prefix in {line[:80]!r}", lineno)
+    return prefix, rest.split()
+
+
+def parse_sockstat(text: str, source: str = "sockstat") -> Sections:
+    """Parse sockstat/sockstat6: lines of ``SECTION: name value name value ...``."""
+    sections: Sections = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        prefix, tokens = _split_prefix(line, source, lineno)
+        if not tokens or len(tokens) % 2:
+            raise ParseError(source, f"{prefix}: expected name/value pairs", lineno)
+        fields = {
+            tokens[i]: _to_int(tokens[i + 1], source, lineno) for i in range(0, len(tokens), 2)
+        }
+        if prefix in sections:
+            raise ParseError(source, f"section {prefix} appears twice", lineno)
+        sections[prefix] = fields
+    if not sections:
+        raise ParseError(source, "empty file")
+    return sections
+
+
+def parse_snmp(text: str, source: str = "snmp") -> Sections:
+    """Parse snmp/netstat: pairs of a header line and a value line with the same prefix."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ParseError(source, "empty file")
+    if len(lines) % 2:
+        raise ParseError(source, "header line without a value line", lines[-1][0])
+    sections: Sections = {}
+    for (hno, header), (vno, values) in zip(lines[0::2], lines[1::2]):
+        hprefix, names = _split_prefix(header, source, hno)
+        vprefix, tokens = _split_prefix(values, source, vno)
+        if hprefix != vprefix:
+            raise ParseError(source, f"header {hprefix}: followed by {vprefix}:", vno)
+        if len(names) != len(tokens):
+            raise ParseError(
+                source, f"{hprefix}: {len(names)} names but {len(tokens)} values", vno
+            )
+        if hprefix in sections:
+            raise ParseError(source, f"section {hprefix} appears twice", hno)
+        sections[hprefix] = {
+            name: _to_int(tok, source, vno) for name, tok in zip(names, tokens)
+        }
+    return sections
+
+
+def field(sections: Mapping[str, Mapping[str, int]], section: str, name: str, source: str) -> int:
+    """Return one field, or raise ParseError naming the file if the kernel did not print it."""
+    try:
+        return sections[section][name]
+    except KeyError:
+        raise ParseError(source, f"missing field {section}: {name}") from None
