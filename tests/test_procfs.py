@@ -1,0 +1,66 @@
+"""The thin readers: gone processes, zombies and unreadable files, on real and fake roots."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from container_netstat.errors import ProcessGone, ProcReadError
+from container_netstat.procfs import ProcFS
+
+
+def test_reads_this_process(tmp_path: Path) -> None:
+    proc = ProcFS()
+    assert "TCP:" in proc.read_net(os.getpid(), "sockstat")
+    assert proc.netns_key(os.getpid()) == os.stat("/proc/self/net/sockstat").st_ino
+    assert proc.kernel_release() == os.uname().release
+
+
+def test_exited_process_is_gone() -> None:
+    child = subprocess.Popen(["sleep", "0"])
+    child.wait()
+    with pytest.raises(ProcessGone) as info:
+        ProcFS().read_net(child.pid, "sockstat")
+    assert info.value.pid == child.pid
+    with pytest.raises(ProcessGone):
+        ProcFS().netns_key(child.pid)
+
+
+def test_zombie_is_gone() -> None:
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # exited but not reaped: a zombie
+        with open(f"/proc/{child.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.01)
+    try:
+        with pytest.raises(ProcessGone):
+            ProcFS().read_net(child.pid, "sockstat")
+    finally:
+        child.wait()
+
+
+def test_missing_file_of_a_live_pid_is_a_read_error(tmp_path: Path) -> None:
+    (tmp_path / "42" / "net").mkdir(parents=True)
+    (tmp_path / "42" / "stat").write_text("42 (sh) S 1 1 1\n")
+    with pytest.raises(ProcReadError, match="no such file"):
+        ProcFS(str(tmp_path)).read_net(42, "snmp")
+
+
+def test_unreadable_file_is_a_read_error(tmp_path: Path) -> None:
+    net = tmp_path / "42" / "net"
+    net.mkdir(parents=True)
+    (tmp_path / "42" / "stat").write_text("42 (sh) S 1 1 1\n")
+    (net / "snmp").mkdir()  # reading a directory fails with EISDIR
+    with pytest.raises(ProcReadError, match="snmp"):
+        ProcFS(str(tmp_path)).read_net(42, "snmp")
+
+
+def test_missing_kernel_release_is_a_read_error(tmp_path: Path) -> None:
+    with pytest.raises(ProcReadError, match="osrelease"):
+        ProcFS(str(tmp_path)).kernel_release()
