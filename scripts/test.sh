@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup-docker.sh
+bash scripts/setup-docker.sh --image
 
 VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then

@@ -1,0 +1,42 @@
+"""The CLI surface: help, option validation, environment variables, exit codes."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from container_netstat import cli
+
+
+def test_help_explains_every_option() -> None:
+    result = CliRunner().invoke(cli.main, ["collect", "--help"])
+    assert result.exit_code == 0
+    for option in ("--dry-run", "--docker-host", "--docker-timeout", "--proc-root", "--cgroup-root",
+                   "--run-root", "--endpoint", "--step", "--field-scope", "--log-level"):
+        assert option in result.output
+
+
+def test_bad_field_scope_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli.main, ["collect", "--dry-run", "--field-scope", "tw"])
+    assert result.exit_code == 2
+    assert "expected FIELD=netns or FIELD=host" in result.output
+
+
+def test_bad_step_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli.main, ["collect", "--step", "0"])
+    assert result.exit_code == 2
+
+
+def test_environment_variable_sets_an_option_and_a_flag_wins() -> None:
+    env = {"CONTAINER_NETSTAT_COLLECT_DOCKER_HOST": "unix:///nonexistent/env.sock"}
+    result = CliRunner().invoke(cli.main, ["collect", "--dry-run"], env=env)
+    assert result.exit_code == cli.EXIT_DOCKER
+    assert "unix:///nonexistent/env.sock" in result.output
+    result = CliRunner().invoke(
+        cli.main, ["collect", "--dry-run", "--docker-host", "unix:///nonexistent/flag.sock"], env=env
+    )
+    assert "unix:///nonexistent/flag.sock" in result.output
+
+
+def test_credentials_in_docker_host_are_not_logged() -> None:
+    assert cli._redact("tcp://user:secret@host:2376") == "tcp://***@host:2376"
+    assert cli._redact("unix:///var/run/docker.sock") == "unix:///var/run/docker.sock"
