@@ -1,0 +1,161 @@
+"""The /proc half shared by the two comparison collectors, ``naive.py`` and ``floor.py``.
+
+Written apart from the package on purpose, with the standard library only, so that the
+benchmark's equality check compares two independent readings. Given each running
+container's pid, it reads /proc/<pid>/net/{sockstat,sockstat6,snmp} once per network
+namespace (namespaces are told apart by the inode of their sockstat entry), skips the
+host's namespace, and prints the same open-falcon array as ``container-netstat collect
+--dry-run``: the same metric names, the same tags (``namespace=,pod=`` for a Kubernetes
+pod, else ``container=<name>``), the same kernel-dependent scope of ``tw`` and
+``sockets: used``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+PREFIX = "container.net."
+Sections = Dict[str, Dict[str, int]]
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+-]")
+
+
+@dataclass(frozen=True)
+class Running:
+    """A running container as a discovery step found it."""
+
+    id: str
+    name: str
+    network_mode: str
+    labels: Mapping[str, str]
+    pid: int
+
+
+def parse_sockstat(text: str) -> Sections:
+    """``SECTION: name value name value ...`` lines."""
+    out: Sections = {}
+    for line in text.splitlines():
+        head, _, rest = line.partition(":")
+        words = rest.split()
+        if words:
+            out[head] = {words[i]: int(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+    return out
+
+
+def parse_snmp(text: str) -> Sections:
+    """Header line, value line, same ``Prefix:``."""
+    out: Sections = {}
+    lines = [line for line in text.splitlines() if line.strip()]
+    for header, values in zip(lines[0::2], lines[1::2]):
+        head, _, names = header.partition(":")
+        out[head] = dict(zip(names.split(), (int(v) for v in values.partition(":")[2].split())))
+    return out
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def sanitize(value: str, limit: int = 64) -> str:
+    safe = _UNSAFE.sub("_", value) or "_"
+    if len(safe) <= limit:
+        return safe
+    return safe[: limit - 9] + "-" + hashlib.sha1(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _tags(members: List[Running]) -> str:
+    def key(c: Running) -> Tuple[bool, bool, str]:
+        return (c.labels.get("io.kubernetes.docker.type") != "podsandbox",
+                c.network_mode.startswith("container:"), c.name)
+
+    members = sorted(members, key=key)
+    for c in members:
+        pod, namespace = c.labels.get("io.kubernetes.pod.name"), c.labels.get("io.kubernetes.pod.namespace")
+        if pod and namespace:
+            return f"namespace={sanitize(namespace)},pod={sanitize(pod)}"
+    return f"container={sanitize(members[0].name)}"
+
+
+def _per_netns(release: str) -> Dict[str, bool]:
+    match = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    return {"tw": version >= (4, 13), "sockets_used": version >= (4, 16)}
+
+
+def _values(sockstat: Sections, sockstat6: Sections, snmp: Sections, per_netns: Dict[str, bool]) -> List[Tuple[str, int]]:
+    six = sockstat6 or {}
+    values = [
+        ("tcp.established", snmp["Tcp"]["CurrEstab"]),
+        ("tcp.inuse", sockstat["TCP"]["inuse"] + six.get("TCP6", {}).get("inuse", 0)),
+    ]
+    if per_netns["tw"]:
+        values.append(("tcp.timewait", sockstat["TCP"]["tw"]))
+    values.append(("udp.inuse", sockstat["UDP"]["inuse"] + six.get("UDP6", {}).get("inuse", 0)))
+    if per_netns["sockets_used"]:
+        values.append(("sockets.used", sockstat["sockets"]["used"]))
+    return values
+
+
+def collect(running: List[Running], listed: int, proc: str = "/proc", step: int = 60) -> List[Dict[str, Any]]:
+    """The open-falcon items for these containers (``listed``: how many the runtime listed)."""
+    release = _read(os.path.join(proc, "sys/kernel/osrelease")).strip()
+    per_netns = _per_netns(release)
+    host_path = os.path.join(proc, "1/net/sockstat")
+    host_key = os.stat(host_path).st_ino
+    host = parse_sockstat(_read(host_path))
+
+    groups: Dict[int, List[Running]] = {}
+    for c in running:
+        if c.pid <= 0 or c.network_mode == "host":
+            continue
+        try:
+            key = os.stat(os.path.join(proc, str(c.pid), "net/sockstat")).st_ino
+        except OSError:
+            continue  # exited since it was listed
+        if key != host_key:
+            groups.setdefault(key, []).append(c)
+
+    endpoint = sanitize(socket.gethostname(), 255)
+    now = int(time.time())
+
+    def item(metric: str, value: int, tags: str = "") -> Dict[str, Any]:
+        return {"endpoint": endpoint, "metric": PREFIX + metric, "timestamp": now, "step": step,
+                "value": value, "counterType": "GAUGE", "tags": tags}
+
+    items = [item("host.tcp." + f, host["TCP"][f]) for f in ("orphan", "alloc", "mem")]
+    items.append(item("host.udp.mem", host["UDP"]["mem"]))
+    if not per_netns["tw"]:
+        items.append(item("host.tcp.timewait", host["TCP"]["tw"]))
+    if not per_netns["sockets_used"]:
+        items.append(item("host.sockets.used", host["sockets"]["used"]))
+
+    reported = 0
+    for members in groups.values():
+        for c in members:  # any member's pid will do; one may have exited
+            base = os.path.join(proc, str(c.pid), "net")
+            try:
+                sockstat = parse_sockstat(_read(os.path.join(base, "sockstat")))
+                six = parse_sockstat(_read(os.path.join(base, "sockstat6"))) if os.path.exists(
+                    os.path.join(base, "sockstat6")) else {}
+                snmp = parse_snmp(_read(os.path.join(base, "snmp")))
+            except OSError:
+                continue
+            tags = _tags(members)
+            items += [item(metric, value, tags) for metric, value in _values(sockstat, six, snmp, per_netns)]
+            reported += 1
+            break
+    items += [item("collector.containers", listed), item("collector.namespaces", reported),
+              item("collector.failed", 0)]
+    return items
+
+
+def emit(items: List[Dict[str, Any]], out: Optional[Any] = None) -> None:
+    (out or sys.stdout).write(json.dumps(items, allow_nan=False, separators=(",", ":")) + "\n")
