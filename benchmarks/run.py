@@ -1,0 +1,318 @@
+"""Time container-netstat against the naive way and the floor, side by side, at several N.
+
+    python benchmarks/run.py                          # N = 30 and 300, 10 rounds each
+    python benchmarks/run.py --sizes 30,300,1000 --runs 10 --json results.json
+
+For each N: bring up the fleet (``fleet.py``), check that the three collectors give the
+same numbers for every benchmark namespace while the fleet's traffic is held still,
+then run rounds in which each collector runs once, the order rotating every round.
+Each run is a whole process under ``/usr/bin/time -v`` (peak RSS); its CPU (user + sys,
+of the process and its children) comes from ``wait4``, its wall time from a monotonic
+clock, and the Docker daemon's CPU from /proc/<dockerd>/stat (utime + stime) read just
+before and after it. Clock ticks are 10 ms, so the daemon's figure is a sum over all
+rounds divided by the rounds. The fleet is removed at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import fleet
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIME = "/usr/bin/time"
+TICK_MS = 1000.0 / os.sysconf("SC_CLK_TCK")
+MIB = 1024.0
+
+
+def tool_command() -> List[str]:
+    """The installed console script next to this interpreter (what cron runs), else ``-m``."""
+    script = os.path.join(os.path.dirname(sys.executable), "container-netstat")
+    head = [script] if os.path.exists(script) else [sys.executable, "-m", "container_netstat"]
+    return head + ["collect", "--dry-run"]
+
+
+def collectors(tool: Optional[str] = None) -> Dict[str, List[str]]:
+    return {
+        "container-netstat": tool.split() if tool else tool_command(),
+        "naive": [sys.executable, os.path.join(HERE, "naive.py")],
+        "floor": [sys.executable, os.path.join(HERE, "floor.py")],
+    }
+
+
+def dockerd_pid() -> int:
+    for path in ("/var/run/docker.pid", "/run/docker.pid"):
+        try:
+            with open(path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    out = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()
+    if not out:
+        raise SystemExit("run.py: no dockerd process found")
+    return int(out[0])
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    rss_kib: int
+    dockerd_ticks: int
+    exit_code: int
+
+
+@dataclass
+class Summary:
+    collector: str
+    n: int
+    runs: int
+    wall_median: float
+    wall_min: float
+    cpu_median: float
+    rss_median_mib: float
+    dockerd_ms_per_run: float
+    exit_codes: List[int] = field(default_factory=list)
+
+
+def timed(command: Sequence[str], dockerd: int, stdout_path: str) -> Run:
+    """One run under /usr/bin/time -v."""
+    fd, report = tempfile.mkstemp(prefix="cnbench-time-")
+    os.close(fd)
+    try:
+        with open(stdout_path, "wb") as out, open(stdout_path + ".err" if stdout_path != os.devnull else os.devnull, "wb") as err:
+            before = cpu_ticks(dockerd)
+            start = time.perf_counter()
+            proc = subprocess.Popen([TIME, "-v", "-o", report, *command], stdout=out, stderr=err, cwd="/")
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            after = cpu_ticks(dockerd)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        rss = 0
+        with open(report) as f:
+            for line in f:
+                if "Maximum resident set size" in line:
+                    rss = int(line.rsplit(":", 1)[1])
+                elif "Exit status" in line:
+                    proc.returncode = int(line.rsplit(":", 1)[1])
+        return Run(wall, usage.ru_utime + usage.ru_stime, rss, after - before, proc.returncode)
+    finally:
+        os.unlink(report)
+
+
+def summarize(name: str, n: int, runs: List[Run], idle_ticks_per_s: float) -> Summary:
+    walls = [r.wall for r in runs]
+    ticks = sum(r.dockerd_ticks for r in runs) - idle_ticks_per_s * sum(walls)
+    return Summary(
+        collector=name,
+        n=n,
+        runs=len(runs),
+        wall_median=statistics.median(walls),
+        wall_min=min(walls),
+        cpu_median=statistics.median(r.cpu for r in runs),
+        rss_median_mib=statistics.median(r.rss_kib for r in runs) / MIB,
+        dockerd_ms_per_run=max(ticks, 0.0) * TICK_MS / len(runs),
+        exit_codes=sorted({r.exit_code for r in runs}),
+    )
+
+
+def idle_rate(dockerd: int, seconds: float = 5.0) -> float:
+    """dockerd's own CPU ticks per second while nobody here asks it anything."""
+    before = cpu_ticks(dockerd)
+    time.sleep(seconds)
+    return (cpu_ticks(dockerd) - before) / seconds
+
+
+def bench_series(path: str) -> Dict[Tuple[str, str], int]:
+    """(metric, tags) -> value for the fleet's own namespaces only (other containers may come and go)."""
+    with open(path) as f:
+        items = json.load(f)
+    return {
+        (i["metric"], i["tags"]): i["value"]
+        for i in items
+        if i["tags"].startswith((f"container={fleet.PREFIX}", f"namespace={fleet.POD_NAMESPACE},"))
+    }
+
+
+def check(commands: Dict[str, List[str]], dockerd: int, workdir: str, log) -> Dict[str, object]:
+    """Hold the fleet's traffic still, then compare every collector's numbers exactly."""
+    log("check: holding traffic for 62 s so that TIME_WAIT drains")
+    fleet.write_mode("hold")
+    time.sleep(62)
+    fleet.write_mode("burst")
+    time.sleep(4)  # clients poll the mode every second, then make one round of requests
+    outputs: Dict[str, Dict[Tuple[str, str], int]] = {}
+    order = ["container-netstat", *[c for c in commands if c != "container-netstat"], "container-netstat"]
+    for i, name in enumerate(order):
+        path = os.path.join(workdir, f"check-{i}-{name}.json")
+        timed(commands[name], dockerd, path)
+        outputs[f"{name}#{i}"] = bench_series(path)
+    fleet.write_mode("run")
+    reference = outputs["container-netstat#0"]
+    mismatches: List[str] = []
+    for label, series in outputs.items():
+        for key in sorted(set(reference) | set(series)):
+            if reference.get(key) != series.get(key):
+                mismatches.append(f"{label}: {key[0]} {key[1]}: {series.get(key)} != {reference.get(key)}")
+    namespaces = {tags for _, tags in reference}
+    nonzero_tw = sum(1 for (metric, _), v in reference.items() if metric.endswith("tcp.timewait") and v)
+    result = {
+        "namespaces": len(namespaces),
+        "series": len(reference),
+        "namespaces_with_timewait": nonzero_tw,
+        "mismatches": mismatches,
+        "equal": not mismatches and len(reference) > 0,
+    }
+    log(f"check: {len(namespaces)} namespaces, {len(reference)} series, "
+        f"{nonzero_tw} with TIME_WAIT; {'all equal' if result['equal'] else f'{len(mismatches)} MISMATCHES'}")
+    for line in mismatches[:10]:
+        log("  " + line)
+    return result
+
+
+def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workdir: str,
+          do_check: bool, settle: float, log) -> Dict[str, object]:
+    log(f"N={n}: bringing up the fleet")
+    took = fleet.up(n, quiet=True)
+    log(f"N={n}: fleet up in {took:.0f} s")
+    checked = check(commands, dockerd, workdir, log) if do_check else None
+    log(f"N={n}: letting traffic run for {settle:.0f} s")
+    time.sleep(settle)
+    for name, command in commands.items():  # warm the page cache and .pyc files
+        timed(command, dockerd, os.devnull)
+    idle = idle_rate(dockerd)
+    names = list(commands)
+    results: Dict[str, List[Run]] = {name: [] for name in names}
+    for r in range(runs):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            results[name].append(timed(commands[name], dockerd, os.path.join(workdir, f"{name}.json")))
+    summaries = [summarize(name, n, results[name], idle) for name in names]
+    listed = _listed(os.path.join(workdir, "container-netstat.json"))
+    for s in summaries:
+        log(f"N={n} {s.collector:18s} wall {s.wall_median * 1000:7.0f} ms  cpu {s.cpu_median * 1000:7.0f} ms  "
+            f"rss {s.rss_median_mib:5.1f} MiB  dockerd {s.dockerd_ms_per_run:6.1f} ms/run  exit {s.exit_codes}")
+    return {
+        "n": n,
+        "listed": listed,
+        "fleet_up_s": round(took, 1),
+        "dockerd_idle_ticks_per_s": idle,
+        "check": checked,
+        "summaries": [asdict(s) for s in summaries],
+        "runs": {name: [asdict(r) for r in rs] for name, rs in results.items()},
+    }
+
+
+def _listed(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            for item in json.load(f):
+                if item["metric"].endswith("collector.containers"):
+                    return int(item["value"])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def table(results: List[Dict[str, object]]) -> str:
+    """An RST grid table of the medians, and the per-container slope between the smallest and largest N."""
+    rows = [("N", "collector", "wall (median)", "CPU (median)", "peak RSS", "dockerd CPU / run")]
+    for res in results:
+        for s in res["summaries"]:  # type: ignore[union-attr]
+            rows.append((str(res["listed"] or res["n"]), s["collector"], f"{s['wall_median'] * 1000:.0f} ms",
+                         f"{s['cpu_median'] * 1000:.0f} ms", f"{s['rss_median_mib']:.1f} MiB",
+                         f"{s['dockerd_ms_per_run']:.1f} ms"))
+    text = _grid(rows)
+    if len(results) >= 2:
+        lo, hi = results[0], results[-1]
+        span = (hi["listed"] or hi["n"]) - (lo["listed"] or lo["n"])  # type: ignore[operator]
+        slope = [("collector", f"wall per container (N {lo['n']}->{hi['n']})", "CPU per container")]
+        for a, b in zip(lo["summaries"], hi["summaries"]):  # type: ignore[arg-type]
+            slope.append((a["collector"], f"{(b['wall_median'] - a['wall_median']) / span * 1000:.3f} ms",
+                          f"{(b['cpu_median'] - a['cpu_median']) / span * 1000:.3f} ms"))
+        text += "\n" + _grid(slope)
+    return text
+
+
+def _grid(rows: List[Tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    head = line.replace("-", "=")
+    out = [line]
+    for i, row in enumerate(rows):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        out.append(head if i == 0 else line)
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="30,300", help="comma-separated N (default 30,300)")
+    parser.add_argument("--runs", type=int, default=10, help="rounds per N (default 10)")
+    parser.add_argument("--settle", type=float, default=15, help="seconds of traffic before timing (default 15)")
+    parser.add_argument("--no-check", dest="check", action="store_false", help="skip the equality check")
+    parser.add_argument("--keep", action="store_true", help="leave the last fleet running")
+    parser.add_argument("--json", metavar="FILE", help="write every run's figures to FILE")
+    parser.add_argument("--tool", metavar="CMD",
+                        help="the command to time (default: container-netstat collect --dry-run, "
+                        "installed beside this interpreter)")
+    args = parser.parse_args(argv)
+    if not os.path.exists(TIME):
+        raise SystemExit(f"run.py: {TIME} is missing (Debian package 'time')")
+    if os.geteuid() != 0:
+        print("run.py: not root: the floor cannot read the runtime's pid files", file=sys.stderr)
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    commands = collectors(args.tool)
+    dockerd = dockerd_pid()
+    workdir = tempfile.mkdtemp(prefix="cnbench-")
+    results: List[Dict[str, object]] = []
+    try:
+        for n in sizes:
+            results.append(bench(n, args.runs, commands, dockerd, workdir, args.check, args.settle, log))
+            if args.json:
+                _save(args.json, results, commands)
+    finally:
+        if not args.keep:
+            log(f"removed {fleet.down()} benchmark containers")
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(table(results))
+    checks = [r["check"] for r in results if r["check"] is not None]
+    if checks and not all(c["equal"] for c in checks):  # type: ignore[index]
+        raise SystemExit("run.py: the collectors disagree (see above)")
+
+
+def _save(path: str, results: List[Dict[str, object]], commands: Dict[str, List[str]]) -> None:
+    meta = {
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "commands": commands,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+    with open(path, "w") as f:
+        json.dump({"machine": meta, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
