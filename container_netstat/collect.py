@@ -9,8 +9,8 @@ One container that cannot be read never fails the run: it is counted instead.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from container_netstat import procnet
 from container_netstat.discovery import POD_UID, Container
@@ -23,6 +23,23 @@ log = logging.getLogger(__name__)
 Tags = Tuple[Tuple[str, str], ...]
 HOST_PID = 1
 
+# What a run reads, by metric group: basic (sockstat, sockstat6, snmp), counters
+# (snmp, netstat), states (tcp, tcp6: walks the host-wide hash table, 2-5 ms each).
+BASIC, COUNTERS, STATES = "basic", "counters", "states"
+GROUPS = (BASIC, COUNTERS, STATES)
+DEFAULT_GROUPS = frozenset({BASIC, COUNTERS})
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What was read from one namespace, by file; empty where the groups did not ask."""
+
+    sockstat: procnet.Sections = field(default_factory=dict)
+    sockstat6: procnet.Sections = field(default_factory=dict)
+    snmp: procnet.Sections = field(default_factory=dict)
+    netstat: procnet.Sections = field(default_factory=dict)
+    tcp_states: Mapping[str, int] = field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class NetnsStats:
@@ -33,9 +50,7 @@ class NetnsStats:
     pid: int
     key: int
     tags: Tags
-    sockstat: procnet.Sections
-    sockstat6: procnet.Sections
-    snmp: procnet.Sections
+    readings: Readings
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,9 @@ class Snapshot:
     namespaces: Tuple[NetnsStats, ...]
     containers: int
     gone: Tuple[str, ...]
-    failed: Tuple[str, ...]
+    failed: Tuple[Tuple[str, str], ...]  # (container name, reason)
     host_network: Tuple[str, ...]
+    pid_sources: Mapping[str, str] = field(default_factory=dict)  # container name -> source
 
 
 def identity_tags(members: Sequence[Container], owner: Container) -> Tags:
@@ -92,23 +108,59 @@ def read_host(proc: ProcFS) -> HostStats:
     )
 
 
-def read_netns(proc: ProcFS, pid: int) -> Tuple[procnet.Sections, procnet.Sections, procnet.Sections]:
-    """Read and parse sockstat, sockstat6 (empty when IPv6 is off) and snmp of one pid."""
-    sockstat = procnet.parse_sockstat(proc.read_net(pid, "sockstat"), proc.path(pid, "net", "sockstat"))
+def _parse(proc: ProcFS, pid: int, name: str, parser):  # type: ignore[no-untyped-def]
+    return parser(proc.read_net(pid, name), proc.path(pid, "net", name))
+
+
+def read_netns(proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS) -> Readings:
+    """Read and parse what ``groups`` need from one pid's /proc/<pid>/net.
+
+    sockstat6 and tcp6 are absent when IPv6 is disabled: then there are no IPv6 sockets.
+    """
+    sockstat: procnet.Sections = {}
     sockstat6: procnet.Sections = {}
-    if proc.has_net(pid, "sockstat6"):
-        sockstat6 = procnet.parse_sockstat(
-            proc.read_net(pid, "sockstat6"), proc.path(pid, "net", "sockstat6")
-        )
-    snmp = procnet.parse_snmp(proc.read_net(pid, "snmp"), proc.path(pid, "net", "snmp"))
-    return sockstat, sockstat6, snmp
+    snmp: procnet.Sections = {}
+    netstat: procnet.Sections = {}
+    states: Dict[str, int] = {}
+    if BASIC in groups:
+        sockstat = _parse(proc, pid, "sockstat", procnet.parse_sockstat)
+        if proc.has_net(pid, "sockstat6"):
+            sockstat6 = _parse(proc, pid, "sockstat6", procnet.parse_sockstat)
+    if BASIC in groups or COUNTERS in groups:
+        snmp = _parse(proc, pid, "snmp", procnet.parse_snmp)
+    if COUNTERS in groups:
+        netstat = _parse(proc, pid, "netstat", procnet.parse_snmp)
+    if STATES in groups:
+        for name in ("tcp", "tcp6"):
+            if name == "tcp" or proc.has_net(pid, name):
+                for state, count in _parse(proc, pid, name, procnet.parse_tcp_states).items():
+                    states[state] = states.get(state, 0) + count
+    return Readings(sockstat, sockstat6, snmp, netstat, states)
 
 
-def collect(containers: Sequence[Container], resolver: PidResolver, proc: ProcFS) -> Snapshot:
+def _read_resolving_again(
+    proc: ProcFS, resolver: PidResolver, container: Container, pid: int, groups: AbstractSet[str]
+) -> Readings:
+    """Read a namespace; if the pid is gone, the container may still run: resolve it once more."""
+    try:
+        return read_netns(proc, pid, groups)
+    except ProcessGone:
+        again = resolver.resolve([(container.id, container.labels.get(POD_UID, ""))]).get(container.id)
+        if again is None or again.pid == pid:
+            raise
+        return read_netns(proc, again.pid, groups)
+
+
+def collect(
+    containers: Sequence[Container],
+    resolver: PidResolver,
+    proc: ProcFS,
+    groups: AbstractSet[str] = DEFAULT_GROUPS,
+) -> Snapshot:
     """Read every container namespace once; see the module docstring."""
     host = read_host(proc)
     gone: List[str] = []
-    failed: List[str] = []
+    failed: List[Tuple[str, str]] = []
     host_network: List[str] = []
 
     roots: List[Container] = []
@@ -125,7 +177,7 @@ def collect(containers: Sequence[Container], resolver: PidResolver, proc: ProcFS
             roots.append(container)
 
     resolved = resolver.resolve([(c.id, c.labels.get(POD_UID, "")) for c in roots])
-    groups: Dict[int, List[Tuple[Container, int]]] = {}
+    by_key: Dict[int, List[Tuple[Container, int]]] = {}
     for container in roots:
         found = resolved.get(container.id)
         if found is None:
@@ -135,21 +187,28 @@ def collect(containers: Sequence[Container], resolver: PidResolver, proc: ProcFS
         try:
             key = proc.netns_key(found.pid)
         except ProcessGone:
-            log.warning("container %s: exited during the run; skipped", container.name)
-            gone.append(container.name)
-            continue
+            # The pid may have been a short-lived process of a running container: ask once more.
+            again = resolver.resolve([(container.id, container.labels.get(POD_UID, ""))]).get(container.id)
+            try:
+                if again is None:
+                    raise
+                found, key = again, proc.netns_key(again.pid)
+            except ProcessGone:
+                log.warning("container %s: exited during the run; skipped", container.name)
+                gone.append(container.name)
+                continue
         except ContainerNetstatError as err:
             log.error("container %s: cannot read its network namespace: %s", container.name, err)
-            failed.append(container.name)
+            failed.append((container.name, str(err)))
             continue
         if key == host.key:
             log.debug("container %s: in the host's network namespace, not reported as a container", container.name)
             host_network.append(container.name)
             continue
-        groups.setdefault(key, []).append((container, found.pid))
+        by_key.setdefault(key, []).append((container, found.pid))
 
     namespaces: List[NetnsStats] = []
-    for key, entries in groups.items():
+    for key, entries in by_key.items():
         owner = _pick_owner([c for c, _ in entries])
         members = [c for c, _ in entries] + [j for c, _ in entries for j in joiners.get(c.id, [])]
         names = tuple(sorted(c.name for c in members))
@@ -157,12 +216,12 @@ def collect(containers: Sequence[Container], resolver: PidResolver, proc: ProcFS
             log.debug("namespace %d: %s share it; owner %s", key, ", ".join(names), owner.name)
         for container, pid in sorted(entries, key=lambda e: e[0] is not owner):
             try:
-                sockstat, sockstat6, snmp = read_netns(proc, pid)
+                readings = _read_resolving_again(proc, resolver, container, pid, groups)
             except ProcessGone:
                 continue  # another member may still be there
             except ContainerNetstatError as err:
                 log.error("container %s: %s", owner.name, err)
-                failed.append(owner.name)
+                failed.append((owner.name, str(err)))
                 break
             namespaces.append(
                 NetnsStats(
@@ -171,9 +230,7 @@ def collect(containers: Sequence[Container], resolver: PidResolver, proc: ProcFS
                     pid=pid,
                     key=key,
                     tags=identity_tags(members, owner),
-                    sockstat=sockstat,
-                    sockstat6=sockstat6,
-                    snmp=snmp,
+                    readings=readings,
                 )
             )
             break
@@ -188,4 +245,5 @@ def collect(containers: Sequence[Container], resolver: PidResolver, proc: ProcFS
         gone=tuple(gone),
         failed=tuple(failed),
         host_network=tuple(host_network),
+        pid_sources={c.name: resolved[c.id].source for c in roots if c.id in resolved},
     )

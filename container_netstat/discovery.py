@@ -129,3 +129,16 @@ def inspector(client: "docker.DockerClient"):  # type: ignore[no-untyped-def]
         return pid or None
 
     return inspect
+
+
+def server_version(client: "docker.DockerClient") -> Dict[str, str]:
+    """The daemon's version and the API version in use (one ``GET /version``)."""
+    try:
+        info = client.api.version()
+    except Exception as err:
+        raise DockerUnavailable(describe_docker_error(err)) from err
+    return {
+        "server_version": str(info.get("Version", "")),
+        "api_version": str(client.api.api_version),
+        "server_api_version": str(info.get("ApiVersion", "")),
+    }

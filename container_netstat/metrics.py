@@ -17,10 +17,20 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat import procnet
-from container_netstat.collect import HostStats, NetnsStats, Snapshot, Tags
+from container_netstat.collect import (
+    BASIC,
+    COUNTERS,
+    DEFAULT_GROUPS,
+    STATES,
+    HostStats,
+    NetnsStats,
+    Readings,
+    Snapshot,
+    Tags,
+)
 from container_netstat.errors import ContainerNetstatError
 
 log = logging.getLogger(__name__)
@@ -76,19 +86,21 @@ def field_scopes(release: str, overrides: Optional[Mapping[str, str]] = None) ->
     return scopes
 
 
-Getter = Callable[[procnet.Sections, procnet.Sections, procnet.Sections], int]
+Getter = Callable[[Readings], int]
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A catalogue entry: emitted name (without PREFIX), type, source, scope field."""
+    """A catalogue entry: emitted name (without PREFIX), group, type, source, meaning."""
 
     name: str
+    group: str
     counter_type: str
     source: str
     meaning: str
     get: Getter
     scope_field: Optional[str] = None
+    optional: bool = False  # a field some kernels lack: skipped there, not an error
 
 
 def _f(sections: procnet.Sections, section: str, name: str, source: str) -> int:
@@ -97,52 +109,87 @@ def _f(sections: procnet.Sections, section: str, name: str, source: str) -> int:
 
 def _f6(sections: procnet.Sections, section: str, name: str) -> int:
     # sockstat6 is absent when IPv6 is disabled: no IPv6 sockets then.
-    return sections.get(section, {}).get(name, 0) if sections else 0
+    return sections.get(section, {}).get(name, 0)
+
+
+def _counter(name: str, file: str, section: str, field: str, meaning: str) -> Metric:
+    def get(r: Readings) -> int:
+        return _f(r.snmp if file == "snmp" else r.netstat, section, field, file)
+
+    return Metric(name, COUNTERS, COUNTER, f"{file} {section}: {field}", meaning, get, optional=True)
+
+
+def _state(state: str) -> Metric:
+    return Metric(
+        f"tcp.state.{state}", STATES, GAUGE, "tcp + tcp6 st column",
+        f"TCP sockets in {state.upper()}", lambda r: r.tcp_states[state],
+    )
 
 
 NETNS_METRICS: Tuple[Metric, ...] = (
     Metric(
-        "tcp.established", GAUGE, "snmp Tcp: CurrEstab",
+        "tcp.established", BASIC, GAUGE, "snmp Tcp: CurrEstab",
         "TCP connections in ESTABLISHED (and CLOSE_WAIT on kernels with commit a46d0ea5c942)",
-        lambda s, s6, snmp: _f(snmp, "Tcp", "CurrEstab", "snmp"),
+        lambda r: _f(r.snmp, "Tcp", "CurrEstab", "snmp"),
     ),
     Metric(
-        "tcp.inuse", GAUGE, "sockstat TCP: inuse + sockstat6 TCP6: inuse",
+        "tcp.inuse", BASIC, GAUGE, "sockstat TCP: inuse + sockstat6 TCP6: inuse",
         "TCP sockets in any state but TIME_WAIT (listeners included), IPv4 and IPv6",
-        lambda s, s6, snmp: _f(s, "TCP", "inuse", "sockstat") + _f6(s6, "TCP6", "inuse"),
+        lambda r: _f(r.sockstat, "TCP", "inuse", "sockstat") + _f6(r.sockstat6, "TCP6", "inuse"),
     ),
     Metric(
-        "tcp.timewait", GAUGE, "sockstat TCP: tw",
-        "TCP sockets in TIME_WAIT, IPv4 and IPv6",
-        lambda s, s6, snmp: _f(s, "TCP", "tw", "sockstat"),
-        scope_field="tw",
+        "tcp.timewait", BASIC, GAUGE, "sockstat TCP: tw", "TCP sockets in TIME_WAIT, IPv4 and IPv6",
+        lambda r: _f(r.sockstat, "TCP", "tw", "sockstat"), scope_field="tw",
     ),
     Metric(
-        "udp.inuse", GAUGE, "sockstat UDP: inuse + sockstat6 UDP6: inuse",
-        "UDP sockets, IPv4 and IPv6",
-        lambda s, s6, snmp: _f(s, "UDP", "inuse", "sockstat") + _f6(s6, "UDP6", "inuse"),
+        "udp.inuse", BASIC, GAUGE, "sockstat UDP: inuse + sockstat6 UDP6: inuse", "UDP sockets, IPv4 and IPv6",
+        lambda r: _f(r.sockstat, "UDP", "inuse", "sockstat") + _f6(r.sockstat6, "UDP6", "inuse"),
     ),
     Metric(
-        "sockets.used", GAUGE, "sockstat sockets: used",
+        "sockets.used", BASIC, GAUGE, "sockstat sockets: used",
         "sockets of every family (TCP, UDP, unix, netlink...)",
-        lambda s, s6, snmp: _f(s, "sockets", "used", "sockstat"),
-        scope_field="sockets_used",
+        lambda r: _f(r.sockstat, "sockets", "used", "sockstat"), scope_field="sockets_used",
+    ),
+    _counter("tcp.active_opens", "snmp", "Tcp", "ActiveOpens", "connections opened by connect()"),
+    _counter("tcp.passive_opens", "snmp", "Tcp", "PassiveOpens", "connections accepted"),
+    _counter("tcp.attempt_fails", "snmp", "Tcp", "AttemptFails", "connection attempts that failed"),
+    _counter("tcp.estab_resets", "snmp", "Tcp", "EstabResets", "ESTABLISHED/CLOSE_WAIT connections reset"),
+    _counter("tcp.retrans_segs", "snmp", "Tcp", "RetransSegs", "segments retransmitted"),
+    _counter("tcp.in_errs", "snmp", "Tcp", "InErrs", "segments received in error"),
+    _counter("tcp.out_rsts", "snmp", "Tcp", "OutRsts", "segments sent with RST"),
+    _counter("tcp.listen_overflows", "netstat", "TcpExt", "ListenOverflows", "accept queue full: connection dropped"),
+    _counter("tcp.listen_drops", "netstat", "TcpExt", "ListenDrops", "SYNs to a listener dropped, any reason"),
+    _counter("tcp.timeouts", "netstat", "TcpExt", "TCPTimeouts", "retransmission timer expiries"),
+    _counter("tcp.abort_on_data", "netstat", "TcpExt", "TCPAbortOnData", "connections reset on unexpected data"),
+    _counter("tcp.abort_on_close", "netstat", "TcpExt", "TCPAbortOnClose", "closed with unread data: reset"),
+    _counter("tcp.abort_on_timeout", "netstat", "TcpExt", "TCPAbortOnTimeout", "connections dropped after retries ran out"),
+    _counter("udp.in_errors", "snmp", "Udp", "InErrors", "datagrams that could not be delivered"),
+    _counter("udp.rcvbuf_errors", "snmp", "Udp", "RcvbufErrors", "datagrams dropped: receive buffer full"),
+    _counter("udp.sndbuf_errors", "snmp", "Udp", "SndbufErrors", "datagrams dropped: send buffer full"),
+    _counter("udp.no_ports", "snmp", "Udp", "NoPorts", "datagrams to a port nobody listens on"),
+    *(_state(state) for state in procnet.TCP_STATES.values()),
+    Metric(
+        "tcp.orphan", STATES, GAUGE, "tcp + tcp6: inode 0 in FIN_WAIT1/2, CLOSE, LAST_ACK, CLOSING",
+        "TCP sockets of this namespace no process holds (sockstat's orphan is host-wide)",
+        lambda r: r.tcp_states["orphan"],
     ),
 )
 
+
+def _host(name: str, field: str, section: str, meaning: str, scope_field: Optional[str] = None) -> Metric:
+    return Metric(
+        name, BASIC, GAUGE, f"sockstat {section}: {field}", meaning,
+        lambda r: _f(r.sockstat, section, field, "sockstat"), scope_field=scope_field,
+    )
+
+
 HOST_METRICS: Tuple[Metric, ...] = (
-    Metric("host.tcp.orphan", GAUGE, "sockstat TCP: orphan", "TCP sockets no process holds (host-wide on every kernel)",
-           lambda s, s6, snmp: _f(s, "TCP", "orphan", "sockstat")),
-    Metric("host.tcp.alloc", GAUGE, "sockstat TCP: alloc", "TCP sockets allocated (host-wide on every kernel)",
-           lambda s, s6, snmp: _f(s, "TCP", "alloc", "sockstat")),
-    Metric("host.tcp.mem", GAUGE, "sockstat TCP: mem", "pages used by TCP buffers (host-wide on every kernel)",
-           lambda s, s6, snmp: _f(s, "TCP", "mem", "sockstat")),
-    Metric("host.udp.mem", GAUGE, "sockstat UDP: mem", "pages used by UDP buffers (host-wide on every kernel)",
-           lambda s, s6, snmp: _f(s, "UDP", "mem", "sockstat")),
-    Metric("host.tcp.timewait", GAUGE, "sockstat TCP: tw", "TCP TIME_WAIT sockets of the whole host (kernels before ~4.13 only)",
-           lambda s, s6, snmp: _f(s, "TCP", "tw", "sockstat"), scope_field="tw"),
-    Metric("host.sockets.used", GAUGE, "sockstat sockets: used", "sockets of the whole host (kernels before 4.16 only)",
-           lambda s, s6, snmp: _f(s, "sockets", "used", "sockstat"), scope_field="sockets_used"),
+    _host("host.tcp.orphan", "orphan", "TCP", "TCP sockets no process holds (host-wide on every kernel)"),
+    _host("host.tcp.alloc", "alloc", "TCP", "TCP sockets allocated (host-wide on every kernel)"),
+    _host("host.tcp.mem", "mem", "TCP", "pages used by TCP buffers (host-wide on every kernel)"),
+    _host("host.udp.mem", "mem", "UDP", "pages used by UDP buffers (host-wide on every kernel)"),
+    _host("host.tcp.timewait", "tw", "TCP", "TIME_WAIT of the whole host (kernels before ~4.13)", "tw"),
+    _host("host.sockets.used", "used", "sockets", "sockets of the whole host (kernels before 4.16)", "sockets_used"),
 )
 
 COLLECTOR_METRICS = (
@@ -152,25 +199,39 @@ COLLECTOR_METRICS = (
 )
 
 
-def netns_samples(ns: NetnsStats, scopes: Mapping[str, str]) -> List[Sample]:
+def _emitted(metric: Metric, scopes: Mapping[str, str], groups: AbstractSet[str], where: str) -> bool:
+    return metric.group in groups and (metric.scope_field is None or scopes[metric.scope_field] == where)
+
+
+def netns_samples(ns: NetnsStats, scopes: Mapping[str, str], groups: AbstractSet[str] = DEFAULT_GROUPS) -> List[Sample]:
     """Samples of one container namespace; kernel-dependent fields only where per namespace."""
-    return [
-        Sample(PREFIX + m.name, m.get(ns.sockstat, ns.sockstat6, ns.snmp), m.counter_type, ns.tags)
-        for m in NETNS_METRICS
-        if m.scope_field is None or scopes[m.scope_field] == NETNS
-    ]
+    samples = []
+    for m in NETNS_METRICS:
+        if not _emitted(m, scopes, groups, NETNS):
+            continue
+        try:
+            value = m.get(ns.readings)
+        except procnet.ParseError:
+            if m.optional:
+                continue  # this kernel does not have the counter
+            raise
+        samples.append(Sample(PREFIX + m.name, value, m.counter_type, ns.tags))
+    return samples
 
 
 def host_samples(host: HostStats, scopes: Mapping[str, str]) -> List[Sample]:
     """Host-wide samples, once per run: global fields, and kernel-dependent ones where global."""
+    readings = Readings(sockstat=host.sockstat)
     return [
-        Sample(PREFIX + m.name, m.get(host.sockstat, {}, {}), m.counter_type)
+        Sample(PREFIX + m.name, m.get(readings), m.counter_type)
         for m in HOST_METRICS
-        if m.scope_field is None or scopes[m.scope_field] == HOST
+        if _emitted(m, scopes, {BASIC}, HOST)
     ]
 
 
-def snapshot_samples(snapshot: Snapshot, scopes: Mapping[str, str]) -> Tuple[List[Sample], Tuple[str, ...]]:
+def snapshot_samples(
+    snapshot: Snapshot, scopes: Mapping[str, str], groups: AbstractSet[str] = DEFAULT_GROUPS
+) -> Tuple[List[Sample], Tuple[Tuple[str, str], ...]]:
     """All samples of a run (host, collector health, each namespace), and what failed.
 
     A namespace whose files lack a field this catalogue needs is left out and named
@@ -182,15 +243,15 @@ def snapshot_samples(snapshot: Snapshot, scopes: Mapping[str, str]) -> Tuple[Lis
         samples += host_samples(snapshot.host, scopes)
     except ContainerNetstatError as err:
         log.error("host: %s", err)
-        failed.append("host")
+        failed.append(("host", str(err)))
     reported = 0
     for ns in snapshot.namespaces:
         try:
-            samples += netns_samples(ns, scopes)
+            samples += netns_samples(ns, scopes, groups)
             reported += 1
         except ContainerNetstatError as err:
             log.error("container %s: %s", ns.owner.name, err)
-            failed.append(ns.owner.name)
+            failed.append((ns.owner.name, str(err)))
     counts = (snapshot.containers, reported, len(failed))
     samples += [Sample(PREFIX + name, value, GAUGE) for (name, _), value in zip(COLLECTOR_METRICS, counts)]
     return samples, tuple(failed)

@@ -54,14 +54,14 @@ class Resolved:
     source: str
 
 
-def _read_first_pid(path: str) -> Optional[int]:
+def _read_pids(path: str) -> List[int]:
+    """The pids in a cgroup.procs or pid file, lowest first (the container's init, usually)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(4096)
+            data = f.read(65536)
     except OSError:
-        return None
-    pids = [int(tok) for tok in data.split() if tok.isdigit()]
-    return min(pids) if pids else None
+        return []
+    return sorted(int(tok) for tok in data.split() if tok.isdigit())
 
 
 class PidResolver:
@@ -109,19 +109,28 @@ class PidResolver:
     def from_cgroup(self, container_id: str, pod_uid: str = "") -> Optional[int]:
         """A pid listed in the container's cgroup.procs, checked against /proc/<pid>/cgroup."""
         for rel in self._cgroup_candidates(container_id, pod_uid):
-            pid = _read_first_pid(os.path.join(self.cgroup_root, rel, "cgroup.procs"))
-            if pid is not None and self.belongs(pid, container_id):
-                self._last_cgroup_dir = rel.replace(container_id, "{id}")
-                return pid
+            pids = _read_pids(os.path.join(self.cgroup_root, rel, "cgroup.procs"))
+            if len(pids) > 1:
+                # The container's init is the one whose parent (the shim) is outside the
+                # cgroup; short-lived children come and go, so try it first.
+                members = set(pids)
+                pids = sorted(pids[:16], key=lambda p: self.proc.parent_pid(p) in members)
+            for pid in pids[:8]:
+                if self.belongs(pid, container_id):
+                    self._last_cgroup_dir = rel.replace(container_id, "{id}")
+                    return pid
+            if pids:
+                return None
         return None
 
     def from_pid_file(self, container_id: str) -> Optional[int]:
         """The runtime shim's init.pid (root-only), checked against /proc/<pid>/cgroup."""
         for template in _PID_FILES:
             path = os.path.join(self.run_root, template.format(id=container_id))
-            pid = _read_first_pid(path)
-            if pid is None:
+            pids = _read_pids(path)
+            if not pids:
                 continue
+            pid = pids[0]
             if self.belongs(pid, container_id):
                 return pid
             log.debug("stale pid file %s: pid %d is not in container %s", path, pid, container_id[:12])

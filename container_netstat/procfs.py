@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Optional
 
 from container_netstat.errors import ProcessGone, ProcReadError
 
@@ -71,6 +72,15 @@ class ProcFS:
             raise ProcReadError(f"{path}: no such file") from err
         except OSError as err:
             raise ProcReadError(f"{path}: {err.strerror or err}") from err
+
+    def parent_pid(self, pid: int) -> Optional[int]:
+        """The pid's parent from /proc/<pid>/stat, or None if it is gone."""
+        try:
+            with open(self.path(pid, "stat"), "rb") as f:
+                stat = f.read()
+            return int(stat[stat.rfind(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def read_cgroup(self, pid: int) -> str:
         """Read /proc/<pid>/cgroup (used to check that a pid belongs to a container)."""

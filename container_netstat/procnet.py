@@ -79,3 +79,46 @@ def field(sections: Mapping[str, Mapping[str, int]], section: str, name: str, so
         return sections[section][name]
     except KeyError:
         raise ParseError(source, f"missing field {section}: {name}") from None
+
+
+# /proc/net/tcp "st" column (include/net/tcp_states.h).
+TCP_STATES = {
+    "01": "established",
+    "02": "syn_sent",
+    "03": "syn_recv",
+    "04": "fin_wait1",
+    "05": "fin_wait2",
+    "06": "time_wait",
+    "07": "close",
+    "08": "close_wait",
+    "09": "last_ack",
+    "0A": "listen",
+    "0B": "closing",
+}
+# A socket no process holds: inode 0 in a closing state (FACTS §1). TIME_WAIT
+# entries and pending requests (SYN_RECV) have inode 0 too but are not orphans.
+_ORPHAN_STATES = {"04", "05", "07", "09", "0B"}
+
+
+def parse_tcp_states(text: str, source: str = "tcp") -> Dict[str, int]:
+    """Count /proc/net/tcp or tcp6 lines per state name, plus ``orphan``.
+
+    The result always has every state name and ``orphan``, zero where none.
+    """
+    counts = dict.fromkeys([*TCP_STATES.values(), "orphan"], 0)
+    lines = text.splitlines()
+    if not lines or not lines[0].split()[:1] == ["sl"]:
+        raise ParseError(source, "no 'sl local_address ...' header", 1)
+    for lineno, line in enumerate(lines[1:], 2):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 10:
+            raise ParseError(source, f"{len(fields)} fields, expected at least 10", lineno)
+        state = TCP_STATES.get(fields[3].upper())
+        if state is None:
+            raise ParseError(source, f"unknown TCP state {fields[3]!r}", lineno)
+        counts[state] += 1
+        if fields[9] == "0" and fields[3].upper() in _ORPHAN_STATES:
+            counts["orphan"] += 1
+    return counts

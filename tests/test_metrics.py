@@ -8,7 +8,7 @@ from typing import Dict
 import pytest
 
 from container_netstat import metrics, procnet
-from container_netstat.collect import HostStats, NetnsStats, Snapshot
+from container_netstat.collect import HostStats, NetnsStats, Readings, Snapshot
 from container_netstat.discovery import Container
 from container_netstat.errors import ContainerNetstatError
 
@@ -18,15 +18,19 @@ from conftest import PROC_NET
 def _ns(folder: str, tags=(("container", "web"),)) -> NetnsStats:
     d: Path = PROC_NET / folder
     six = d / "sockstat6"
+    netstat = d / "netstat"
     return NetnsStats(
         owner=Container("a" * 64, "web", "default"),
         members=("web",),
         pid=42,
         key=7,
         tags=tags,
-        sockstat=procnet.parse_sockstat((d / "sockstat").read_text()),
-        sockstat6=procnet.parse_sockstat(six.read_text()) if six.exists() else {},
-        snmp=procnet.parse_snmp((d / "snmp").read_text()),
+        readings=Readings(
+            sockstat=procnet.parse_sockstat((d / "sockstat").read_text()),
+            sockstat6=procnet.parse_sockstat(six.read_text()) if six.exists() else {},
+            snmp=procnet.parse_snmp((d / "snmp").read_text()),
+            netstat=procnet.parse_snmp(netstat.read_text()) if netstat.exists() else {},
+        ),
     )
 
 
@@ -70,7 +74,7 @@ def test_six_values_this_kernel_server_fixture() -> None:
     # 5 held connections: 5 client + 5 accepted sockets ESTABLISHED; the listener is
     # AF_INET6 and the accepted IPv4 clients count under TCP6.
     scopes = metrics.field_scopes("6.18.44")
-    values = _values(metrics.netns_samples(_ns("linux-6.18-server"), scopes))
+    values = _values(metrics.netns_samples(_ns("linux-6.18-server"), scopes, {"basic"}))
     assert values == {
         "tcp.established": 10,
         "tcp.inuse": 5 + 6,
@@ -82,7 +86,7 @@ def test_six_values_this_kernel_server_fixture() -> None:
 
 def test_old_kernel_leaves_host_wide_fields_out_of_containers() -> None:
     scopes = metrics.field_scopes("2.6.32")
-    ns_values = _values(metrics.netns_samples(_ns("pcp-rhel6-bigsys"), scopes))
+    ns_values = _values(metrics.netns_samples(_ns("pcp-rhel6-bigsys"), scopes, {"basic"}))
     assert set(ns_values) == {"tcp.established", "tcp.inuse", "udp.inuse"}
     host_values = _values(metrics.host_samples(_host("pcp-rhel6-bigsys", "2.6.32"), scopes))
     assert host_values["host.sockets.used"] == 1147
@@ -117,21 +121,76 @@ def test_no_container_ever_carries_orphan_alloc_or_mem() -> None:
 
 def test_missing_sockstat6_counts_as_no_ipv6_sockets() -> None:
     ns = _ns("linux-6.18-server")
-    ns = NetnsStats(**{**ns.__dict__, "sockstat6": {}})
-    values = _values(metrics.netns_samples(ns, metrics.field_scopes("6.18")))
+    ns = NetnsStats(**{**ns.__dict__, "readings": Readings(sockstat=ns.readings.sockstat, snmp=ns.readings.snmp)})
+    values = _values(metrics.netns_samples(ns, metrics.field_scopes("6.18"), {"basic"}))
     assert values["tcp.inuse"] == 5 and values["udp.inuse"] == 2
 
 
 def test_snapshot_counts_a_namespace_missing_a_field_as_failed(caplog) -> None:
     good = _ns("linux-6.18-server")
-    bad = NetnsStats(**{**good.__dict__, "snmp": {"Tcp": {}}, "tags": (("container", "bad"),),
+    bad = NetnsStats(**{**good.__dict__, "readings": Readings(sockstat=good.readings.sockstat, snmp={"Tcp": {}}),
+                        "tags": (("container", "bad"),),
                         "owner": Container("b" * 64, "bad", "default")})
     snap = Snapshot(_host("linux-6.18-host", "6.18"), (good, bad), 3, (), (), ())
     samples, failed = metrics.snapshot_samples(snap, metrics.field_scopes("6.18"))
-    assert failed == ("bad",)
+    assert [name for name, _ in failed] == ["bad"]
     assert "missing field Tcp: CurrEstab" in caplog.text
     values = {(s.metric, s.tags): s.value for s in samples}
     assert values[("container.net.collector.namespaces", ())] == 1
     assert values[("container.net.collector.failed", ())] == 1
     assert values[("container.net.collector.containers", ())] == 3
     assert not any(tags == (("container", "bad"),) for _, tags in values)
+
+
+def test_counters_are_counter_items_by_name() -> None:
+    values = {s.metric[len(metrics.PREFIX):]: s for s in
+              metrics.netns_samples(_ns("linux-6.18-server"), metrics.field_scopes("6.18"), {"counters"})}
+    assert values["tcp.active_opens"].value == 16 and values["tcp.active_opens"].counter_type == "COUNTER"
+    assert values["tcp.passive_opens"].value == 16
+    assert "tcp.listen_overflows" in values and "udp.no_ports" in values
+    assert "tcp.established" not in values  # basic group not asked for
+
+
+@pytest.mark.parametrize("folder", ["pcp-rhel6-bigsys", "node_exporter", "procfs-26231", "go-sysinfo-fedora30",
+                                    "datadog", "oshi", "linux-6.18-server"])
+def test_counters_on_older_kernels_skip_missing_fields(folder: str) -> None:
+    samples = metrics.netns_samples(_ns_snmp_netstat(folder), metrics.field_scopes("6.18"), {"counters"})
+    names = {s.metric for s in samples}
+    assert metrics.PREFIX + "tcp.retrans_segs" in names
+    assert metrics.PREFIX + "tcp.listen_overflows" in names
+    assert all(s.counter_type == "COUNTER" for s in samples)
+
+
+def test_udp_counters_absent_before_rcvbuf_errors_are_skipped() -> None:
+    ns = _ns_snmp_netstat("pcp-rhel6-bigsys")
+    udp = ns.readings.snmp["Udp"]
+    del udp["RcvbufErrors"]
+    names = {s.metric for s in metrics.netns_samples(ns, metrics.field_scopes("6.18"), {"counters"})}
+    assert metrics.PREFIX + "udp.rcvbuf_errors" not in names
+    assert metrics.PREFIX + "udp.in_errors" in names
+
+
+def _ns_snmp_netstat(folder: str) -> NetnsStats:
+    d = PROC_NET / folder
+    return NetnsStats(
+        owner=Container("a" * 64, "web", "default"), members=("web",), pid=1, key=1, tags=(),
+        readings=Readings(snmp=procnet.parse_snmp((d / "snmp").read_text()),
+                          netstat=procnet.parse_snmp((d / "netstat").read_text())),
+    )
+
+
+def test_tcp_states_and_per_namespace_orphans() -> None:
+    d = PROC_NET / "linux-6.18-states"
+    states = procnet.parse_tcp_states((d / "tcp").read_text())
+    for key, value in procnet.parse_tcp_states((d / "tcp6").read_text()).items():
+        states[key] += value
+    ns = NetnsStats(owner=Container("a" * 64, "web", "default"), members=("web",), pid=1, key=1,
+                    tags=(("container", "web"),), readings=Readings(tcp_states=states))
+    values = _values(metrics.netns_samples(ns, metrics.field_scopes("6.18"), {"states"}))
+    assert values["tcp.state.established"] == 6
+    assert values["tcp.state.close_wait"] == 2
+    assert values["tcp.state.fin_wait2"] == 2
+    assert values["tcp.state.time_wait"] == 2
+    assert values["tcp.state.listen"] == 1
+    assert values["tcp.orphan"] == 2  # the closed clients' FIN_WAIT2 sockets
+    assert len(values) == 12

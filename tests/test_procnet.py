@@ -123,3 +123,26 @@ def test_missing_field_is_a_parse_error_not_zero() -> None:
     assert procnet.field(sections, "TCP", "inuse", "s") == 3
     with pytest.raises(ParseError, match="missing field TCP: tw"):
         procnet.field(sections, "TCP", "tw", "/proc/1/net/sockstat")
+
+
+def test_tcp_states_recorded() -> None:
+    # a recorded namespace: 3 held connections, 2 CLOSE_WAIT leaks, 2 TIME_WAIT
+    d = PROC_NET / "linux-6.18-states"
+    v4 = procnet.parse_tcp_states((d / "tcp").read_text(), "tcp")
+    v6 = procnet.parse_tcp_states((d / "tcp6").read_text(), "tcp6")
+    assert (v4["established"], v4["fin_wait2"], v4["time_wait"], v4["orphan"]) == (3, 2, 2, 2)
+    assert (v6["established"], v6["close_wait"], v6["listen"], v6["orphan"]) == (3, 2, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "header"),
+        ("garbage\n", "header"),
+        ("  sl  local_address\n   0: 0100007F:80AC 0100007F:1F90 01\n", "4 fields"),
+        ("  sl  local\n 0: a b 0C c d e f g 1\n", "unknown TCP state '0C'"),
+    ],
+)
+def test_malformed_tcp_table(text: str, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        procnet.parse_tcp_states(text, "/proc/9/net/tcp")

@@ -1,0 +1,87 @@
+"""What an operator needs when numbers look odd: scopes on this kernel, runtime, and who failed."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping
+
+from container_netstat.collect import Snapshot
+from container_netstat.metrics import HOST, HOST_METRICS, NETNS_METRICS, PREFIX, SCOPE_TABLE
+
+CLOSE_WAIT_NOTE = (
+    "Tcp: CurrEstab counts CLOSE_WAIT too on kernels with commit a46d0ea5c942 (2024, also in "
+    "stable branches such as 5.15.y); the kernel version alone does not tell"
+)
+
+
+def metric_scopes(scopes: Mapping[str, str]) -> Dict[str, str]:
+    """Each metric name -> where its value comes from on this kernel."""
+    out: Dict[str, str] = {}
+    for m in NETNS_METRICS:
+        if m.scope_field is None or scopes[m.scope_field] != HOST:
+            out[PREFIX + m.name] = "per network namespace"
+        else:
+            out[PREFIX + m.name] = f"not reported: host-wide on this kernel (see {PREFIX}host.*)"
+    for m in HOST_METRICS:
+        if m.scope_field is None:
+            out[PREFIX + m.name] = "host-wide on every kernel"
+        elif scopes[m.scope_field] == HOST:
+            out[PREFIX + m.name] = "host-wide on this kernel"
+    return out
+
+
+def report(snapshot: Snapshot, scopes: Mapping[str, str], docker: Mapping[str, Any]) -> Dict[str, Any]:
+    """The doctor report as plain data (the CLI prints it as JSON or text)."""
+    namespaces: List[Dict[str, Any]] = [
+        {
+            "tags": ",".join(f"{k}={v}" for k, v in ns.tags),
+            "owner": ns.owner.name,
+            "containers": list(ns.members),
+            "pid": ns.pid,
+            "pid_source": snapshot.pid_sources.get(ns.owner.name, "joined"),
+        }
+        for ns in snapshot.namespaces
+    ]
+    return {
+        "kernel": snapshot.host.kernel_release,
+        "field_scopes": {
+            name: {"scope": scopes[name], "per_namespace_since": ".".join(map(str, since)), "why": why}
+            for name, (since, why) in SCOPE_TABLE.items()
+        },
+        "metrics": metric_scopes(scopes),
+        "established_note": CLOSE_WAIT_NOTE,
+        "docker": dict(docker),
+        "containers": snapshot.containers,
+        "namespaces": namespaces,
+        "host_network": list(snapshot.host_network),
+        "exited_during_run": list(snapshot.gone),
+        "unreadable": [{"container": name, "reason": reason} for name, reason in snapshot.failed],
+    }
+
+
+def format_text(data: Mapping[str, Any]) -> str:
+    """The report for a terminal."""
+    lines = [f"kernel        {data['kernel']}"]
+    docker = data["docker"]
+    lines.append(f"docker        {docker.get('host')} (server {docker.get('server_version')}, API {docker.get('api_version')})")
+    lines.append(f"containers    {data['containers']} running, {len(data['namespaces'])} namespaces reported")
+    lines.append("")
+    lines.append("fields whose scope depends on the kernel:")
+    for name, info in data["field_scopes"].items():
+        lines.append(f"  {name:<13} {info['scope']:<6} (per namespace since {info['per_namespace_since']}: {info['why']})")
+    lines.append("")
+    lines.append("metrics:")
+    for name, scope in data["metrics"].items():
+        lines.append(f"  {name:<40} {scope}")
+    lines.append(f"  note: {data['established_note']}")
+    lines.append("")
+    lines.append("namespaces:")
+    for ns in data["namespaces"]:
+        lines.append(f"  {ns['tags']}  pid {ns['pid']} via {ns['pid_source']}: {', '.join(ns['containers'])}")
+    for title, key in (("host network (not reported)", "host_network"), ("exited during the run", "exited_during_run")):
+        if data[key]:
+            lines.append(f"{title}: {', '.join(data[key])}")
+    if data["unreadable"]:
+        lines.append("could not read:")
+        for entry in data["unreadable"]:
+            lines.append(f"  {entry['container']}: {entry['reason']}")
+    return "\n".join(lines)
