@@ -8,8 +8,8 @@ same numbers for every benchmark namespace while the fleet's traffic is held sti
 then run rounds in which each collector runs once, the order rotating every round.
 Each run is a whole process under ``/usr/bin/time -v`` (peak RSS); its CPU (user + sys,
 of the process and its children) comes from ``wait4``, its wall time from a monotonic
-clock, and the Docker daemon's CPU from /proc/<dockerd>/stat (utime + stime) read just
-before and after it. Clock ticks are 10 ms, so the daemon's figure is a sum over all
+clock, and the Docker daemon's CPU from /proc/<dockerd>/stat (utime + stime, and the
+same for the children it reaped) read just before and after it. Clock ticks are 10 ms, so the daemon's figure is a sum over all
 rounds divided by the rounds. The fleet is removed at the end unless ``--keep``.
 """
 
@@ -64,10 +64,14 @@ def dockerd_pid() -> int:
 
 
 def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
+    """utime + stime of a process and of the children it has reaped, in clock ticks.
+
+    The children count: for ``GET /version`` dockerd runs ``runc --version`` and
+    ``docker-init --version``, whose CPU shows only in its cutime and cstime.
+    """
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return sum(int(v) for v in fields[11:15])  # utime stime cutime cstime: fields 14-17 of proc(5)
 
 
 @dataclass
@@ -165,6 +169,10 @@ def check(commands: Dict[str, List[str]], dockerd: int, workdir: str, log) -> Di
         timed(commands[name], dockerd, path)
         outputs[f"{name}#{i}"] = bench_series(path)
     fleet.write_mode("run")
+    diagnostics: List[str] = []
+    for i, name in enumerate(order):
+        with open(os.path.join(workdir, f"check-{i}-{name}.json.err"), errors="replace") as f:
+            diagnostics += [f"{name}#{i}: {line.rstrip()}" for line in f if line.strip()][:10]
     reference = outputs["container-netstat#0"]
     mismatches: List[str] = []
     for label, series in outputs.items():
@@ -178,11 +186,12 @@ def check(commands: Dict[str, List[str]], dockerd: int, workdir: str, log) -> Di
         "series": len(reference),
         "namespaces_with_timewait": nonzero_tw,
         "mismatches": mismatches,
+        "stderr": diagnostics,
         "equal": not mismatches and len(reference) > 0,
     }
     log(f"check: {len(namespaces)} namespaces, {len(reference)} series, "
         f"{nonzero_tw} with TIME_WAIT; {'all equal' if result['equal'] else f'{len(mismatches)} MISMATCHES'}")
-    for line in mismatches[:10]:
+    for line in mismatches[:10] + (diagnostics if mismatches else []):
         log("  " + line)
     return result
 
