@@ -14,7 +14,6 @@ Rules from the real agent and transfer (FACTS §5):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from typing import Any, Dict, Iterable, List
@@ -34,6 +33,8 @@ def sanitize(value: str, limit: int = MAX_TAG_VALUE) -> str:
     safe = _UNSAFE.sub("_", value) or "_"
     if len(safe) <= limit:
         return safe
+    import hashlib  # rare: only for values over the limit
+
     digest = hashlib.sha1(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{safe[: limit - 9]}-{digest}"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -150,6 +149,8 @@ class PidResolver:
             else:
                 found[container_id] = Resolved(pid, source)
         if missing and self.inspect is not None:
+            from concurrent.futures import ThreadPoolExecutor  # only when the fast paths missed
+
             workers = max(1, min(self.inspect_workers, len(missing)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for container_id, pid in zip(missing, pool.map(self.inspect, missing)):
