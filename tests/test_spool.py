@@ -1,0 +1,182 @@
+"""The spool: atomic 0600 files in a 0700 directory, oldest first, bounded, corruption set aside."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from container_netstat.spool import (
+    Bounds,
+    CorruptBatch,
+    Spool,
+    SpoolBusy,
+    SpoolError,
+    decode,
+    default_dir,
+    encode,
+)
+
+NOW = 1_700_000_000
+
+
+def items(timestamp: int, n: int = 3) -> List[Dict[str, Any]]:
+    return [
+        {"endpoint": "h", "metric": f"m{i}", "timestamp": timestamp, "step": 60, "value": i,
+         "counterType": "GAUGE", "tags": "container=a"}
+        for i in range(n)
+    ]
+
+
+def opened(path: Path, bounds: Bounds = Bounds(), now: int = NOW) -> Spool:
+    spool = Spool(path, bounds, clock=lambda: float(now))
+    spool.open()
+    return spool
+
+
+def test_a_batch_is_written_atomically_0600_in_a_0700_directory(tmp_path: Path) -> None:
+    spool = opened(tmp_path / "spool")
+    entry = spool.write(items(NOW), NOW, 0)
+    assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == 0o700
+    assert stat.S_IMODE(entry.path.stat().st_mode) == 0o600
+    assert [p.name for p in (tmp_path / "spool").iterdir()] == [entry.path.name]  # no temp file left
+    assert spool.load(entry) == items(NOW)
+
+
+def test_a_looser_existing_directory_is_tightened(tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir(mode=0o755)
+    os.chmod(tmp_path / "spool", 0o755)
+    opened(tmp_path / "spool")
+    assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == 0o700
+
+
+def test_pending_batches_come_oldest_first_then_by_sequence(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    spool.write(items(NOW + 120), NOW + 120, 0)
+    spool.write(items(NOW), NOW, 1)
+    spool.write(items(NOW), NOW, 0)
+    spool.write(items(NOW + 60), NOW + 60, 0)
+    order = [(e.timestamp, e.seq) for e in spool.pending()]
+    assert order == [(NOW, 0), (NOW, 1), (NOW + 60, 0), (NOW + 120, 0)]
+
+
+def test_timestamps_of_different_widths_still_sort_by_time(tmp_path: Path) -> None:
+    spool = opened(tmp_path, now=10**10)
+    spool.write(items(999_999_999), 999_999_999, 0)
+    spool.write(items(10**10), 10**10, 0)
+    assert [e.timestamp for e in spool.pending()] == [999_999_999, 10**10]
+
+
+def test_a_corrupt_batch_raises_and_can_be_set_aside(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    entry = spool.write(items(NOW), NOW, 0)
+    entry.path.write_bytes(b"not gzip at all")
+    with pytest.raises(CorruptBatch, match=entry.path.name):
+        spool.load(entry)
+    spool.set_aside(entry, "corrupt")
+    assert spool.pending() == []
+    assert (tmp_path / (entry.path.name + ".corrupt")).exists()
+
+
+@pytest.mark.parametrize("payload", [b"{\"an\": \"object\"}", b"[1, 2]", b"[{\"a\": 1}", b"\xff\xfe"])
+def test_decode_accepts_only_a_json_array_of_objects(payload: bytes) -> None:
+    with pytest.raises(CorruptBatch):
+        decode(gzip.compress(payload), "x")
+
+
+def test_encode_refuses_nan_and_round_trips_integers() -> None:
+    assert decode(encode(items(NOW)), "x")[0]["timestamp"] == NOW
+    assert isinstance(decode(encode(items(NOW)), "x")[0]["step"], int)
+    with pytest.raises(ValueError):
+        encode([{"value": float("nan")}])
+
+
+def test_a_stray_file_is_moved_aside_and_a_stale_temp_file_removed(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".tmp-1700000000-0000-abcd.json.gz").write_bytes(b"half")
+    good = spool.write(items(NOW), NOW, 0)
+    assert [e.path for e in spool.pending()] == [good.path]
+    assert (tmp_path / "notes.txt.corrupt").exists()
+    assert not (tmp_path / ".tmp-1700000000-0000-abcd.json.gz").exists()
+
+
+def test_age_bound_drops_old_batches_and_counts_them(tmp_path: Path) -> None:
+    spool = opened(tmp_path, Bounds(max_age=3600, max_bytes=10**9))
+    spool.write(items(NOW - 7200), NOW - 7200, 0)
+    spool.write(items(NOW - 3700), NOW - 3700, 0)
+    keep = spool.write(items(NOW - 60), NOW - 60, 0)
+    dropped = spool.enforce()
+    assert (dropped.by_age, dropped.by_size) == (2, 0)
+    assert (dropped.oldest, dropped.newest) == (NOW - 7200, NOW - 3700)
+    assert [e.path for e in spool.pending()] == [keep.path]
+
+
+def test_size_bound_drops_the_oldest_until_it_fits(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, Bounds(max_age=10**9, max_bytes=10**9), clock=lambda: float(NOW))
+    spool.open()
+    written = [spool.write(items(NOW + i * 60, 50), NOW + i * 60, 0) for i in range(5)]
+    size = written[0].size
+    bounded = Spool(tmp_path, Bounds(max_age=10**9, max_bytes=2 * size + size // 2), clock=lambda: float(NOW))
+    dropped = bounded.enforce()
+    assert dropped.by_size == 3 and dropped.by_age == 0
+    assert [e.path for e in bounded.pending()] == [w.path for w in written[3:]]
+    assert bounded.size()[1] <= 2 * size + size // 2
+
+
+def test_set_aside_files_are_bounded_too_but_not_counted_as_batches(tmp_path: Path) -> None:
+    spool = opened(tmp_path, Bounds(max_age=3600, max_bytes=10**9))
+    entry = spool.write(items(NOW - 7200), NOW - 7200, 0)
+    spool.set_aside(entry, "rejected")
+    dropped = spool.enforce()
+    assert dropped.batches == 0 and dropped.bytes > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_lock_on_the_same_spool_is_refused_until_released(tmp_path: Path) -> None:
+    first = opened(tmp_path)
+    first.lock()
+    second = opened(tmp_path)
+    with pytest.raises(SpoolBusy):
+        second.lock()
+    first.unlock()
+    second.lock()
+    second.unlock()
+
+
+def test_the_lock_excludes_another_process(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    spool.lock()
+    code = textwrap.dedent(f"""
+        from container_netstat.spool import Spool, SpoolBusy
+        s = Spool({str(tmp_path)!r}); s.open()
+        try:
+            s.lock()
+        except SpoolBusy:
+            raise SystemExit(7)
+    """)
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 7
+    spool.unlock()
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_an_unwritable_spool_raises_a_spool_error(tmp_path: Path) -> None:
+    spool = opened(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    with pytest.raises(SpoolError, match="cannot write"):
+        spool.write(items(NOW), NOW, 0)
+    with pytest.raises(SpoolError):
+        Spool(Path("/proc/1/nonexistent/spool")).open()
+
+
+def test_default_directory_is_var_spool_for_root_and_xdg_state_otherwise() -> None:
+    assert default_dir(0, {}) == Path("/var/spool/container-netstat")
+    assert default_dir(1000, {"XDG_STATE_HOME": "/s", "HOME": "/h"}) == Path("/s/container-netstat")
+    assert default_dir(1000, {"HOME": "/h"}) == Path("/h/.local/state/container-netstat")
