@@ -1,0 +1,421 @@
+"""A real HTTP receiver on 127.0.0.1 that answers like falcon-agent, transfer and Nightingale.
+
+Paths and rules (falcon-plus modules/agent/http/push.go, modules/transfer/http/api.go,
+modules/transfer/receiver/rpc/rpc_transfer.go; Nightingale pushgw/router/router_openfalcon.go;
+FACTS §5-6):
+
+- ``POST /v1/push`` (agent): Go's encoding/json into ``[]*MetricValue``: a top-level object, a
+  string endpoint/metric/counterType/tags of another type, or a step/timestamp that is not an
+  integer literal (``60.0``, ``"60"``) fails the WHOLE batch with ``400 connot decode body``;
+  an empty body gets ``400 body is blank``; more items than ``max_items`` get ``400 metrics
+  exceed maxMetricValueSize``; anything else ``200 success``. The items then go through
+  transfer's checks, whose verdicts are recorded (the real agent would lose them silently).
+- ``POST /api/push`` (transfer): the same decoding (``400 decode error``), then per-item checks
+  and ``{"msg":"success","data":{"Message":"ok","Total":n,"Invalid":k,"Latency":0}}``.
+- ``POST /openfalcon/push`` (Nightingale v6): a single object or an array; ``timestamp`` must be
+  an integer; metric names and tag keys are checked after ``.``/``-`` become ``_``;
+  ``{"succ":n,"fail":k,"msg":"received"}``.
+
+Failure modes for tests: ``down()``/``up()`` (connection refused, same port), ``fail(status)``,
+``slow(seconds)``, ``cut()`` (closes the connection half way through the request body).
+
+Run it by hand: ``python3 tests/receiver.py --port 1988`` prints each push's verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+AGENT = "/v1/push"
+TRANSFER = "/api/push"
+NIGHTINGALE = "/openfalcon/push"
+
+_INT64 = (-(2**63), 2**63 - 1)
+_STRING_FIELDS = {"endpoint": "endpoint", "metric": "metric", "countertype": "counterType", "tags": "tags"}
+_INT_FIELDS = {"step": "step", "timestamp": "timestamp"}
+# strconv.ParseFloat's decimal syntax (hex floats left out: nobody sends them).
+_GO_FLOAT = re.compile(r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)$", re.IGNORECASE)
+_PROM_METRIC = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_PROM_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_GRAPH_BAD = re.compile(r"[\r\n'\">]|[^\x20-\x7e]")
+
+
+class DecodeError(Exception):
+    """Where Go's encoding/json would have returned an error."""
+
+
+def _no_constants(name: str) -> Any:
+    raise DecodeError(f"invalid character in {name}: NaN and Infinity are not JSON")
+
+
+def _json(body: bytes) -> Any:
+    # Go replaces invalid UTF-8 with U+FFFD instead of failing.
+    try:
+        return json.loads(body.decode("utf-8", "replace"), parse_constant=_no_constants)
+    except ValueError as err:
+        raise DecodeError(str(err)) from err
+
+
+def go_decode(body: bytes) -> List[Optional[Dict[str, Any]]]:
+    """Decode as the agent and transfer do, into []*MetricValue with Go's zero values."""
+    doc = _json(body)
+    if doc is None:
+        return []
+    if not isinstance(doc, list):
+        raise DecodeError(f"cannot unmarshal {type(doc).__name__} into []*model.MetricValue")
+    return [None if raw is None else _go_item(raw) for raw in doc]
+
+
+def _go_item(raw: Any) -> Dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise DecodeError(f"cannot unmarshal {type(raw).__name__} into model.MetricValue")
+    item: Dict[str, Any] = {"endpoint": "", "metric": "", "counterType": "", "tags": "", "step": 0,
+                            "timestamp": 0, "value": None}
+    for key, value in raw.items():
+        name = key.lower()  # Go matches JSON keys to fields case-insensitively
+        if name in _STRING_FIELDS:
+            if value is not None and not isinstance(value, str):
+                raise DecodeError(f"cannot unmarshal {type(value).__name__} into field {key} of type string")
+            if value is not None:
+                item[_STRING_FIELDS[name]] = value
+        elif name in _INT_FIELDS:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not _INT64[0] <= value <= _INT64[1]:
+                raise DecodeError(f"cannot unmarshal {value!r} into field {key} of type int64")
+            item[_INT_FIELDS[name]] = value
+        elif name == "value":
+            item["value"] = value
+    return item
+
+
+def transfer_verdict(item: Optional[Dict[str, Any]]) -> Optional[str]:
+    """None if transfer keeps the item, else why it counts it Invalid (RecvMetricValues)."""
+    if item is None:
+        return "null item"
+    if item["metric"] == "kernel.hostname":
+        return "metric kernel.hostname"
+    if not item["metric"] or not item["endpoint"]:
+        return "empty metric or endpoint"
+    if item["counterType"] not in ("GAUGE", "COUNTER", "DERIVE"):
+        return f"counterType {item['counterType']!r}"
+    value = item["value"]
+    if value == "":
+        return "empty value"
+    if item["step"] <= 0:
+        return f"step {item['step']}"
+    if len(item["metric"].encode()) + len(item["tags"].encode()) > 510:
+        return "metric+tags longer than 510 bytes"
+    if isinstance(value, str):
+        return None if _GO_FLOAT.match(value) else f"value {value!r} is not a float"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"value {value!r} is not a number"
+    return None
+
+
+def dicted_tags(tags: str) -> Dict[str, str]:
+    """Transfer's DictedTagstring: drop spaces, split on ',', then on the first '='."""
+    result: Dict[str, str] = {}
+    for piece in tags.replace(" ", "").split(",") if tags else []:
+        key, sep, value = piece.partition("=")
+        if sep:
+            result[key] = value
+    return result
+
+
+def sorted_tags(tags: Dict[str, str]) -> str:
+    return ",".join(f"{k}={tags[k]}" for k in sorted(tags))
+
+
+def graph_problems(item: Dict[str, Any]) -> List[str]:
+    """Why graph or the index would lose or mangle a series that transfer accepted (FACTS §5)."""
+    problems = []
+    tags = dicted_tags(item["tags"])
+    counter = item["metric"] + ("/" + sorted_tags(tags) if tags else "")
+    if sorted_tags(tags) != item["tags"]:
+        problems.append(f"tags {item['tags']!r} become {sorted_tags(tags)!r}")
+    for name, text in (("endpoint", item["endpoint"]), ("metric", item["metric"]), ("tags", item["tags"])):
+        if _GRAPH_BAD.search(text):
+            problems.append(f"{name} {text!r} has a character graph refuses")
+    if "/" in item["metric"]:
+        problems.append(f"metric {item['metric']!r} has '/', where the API splits a counter")
+    if len(item["endpoint"].encode()) > 255:
+        problems.append("endpoint longer than 255 bytes")
+    if len(counter.encode()) > 255:
+        problems.append(f"counter {counter[:40]}... longer than 255 bytes")
+    return problems
+
+
+def nightingale_verdict(raw: Any) -> Optional[str]:
+    """None if Nightingale v6 keeps the item (FalconMetric.Clean and ToProm), else why not."""
+    metric = raw.get("metric") or ""
+    if not isinstance(metric, str) or not metric:
+        return "metric is blank"
+    value = raw.get("value")
+    if isinstance(value, str):
+        if not _GO_FLOAT.match(value):
+            return f"unparseable value {value!r}"
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"unparseable value {value!r}"
+    if not _PROM_METRIC.match(metric.replace(".", "_").replace("-", "_")):
+        return f"invalid metric name {metric!r}"
+    tags = raw.get("tags") or ""
+    for piece in tags.split(",") if isinstance(tags, str) else []:
+        key, sep, _ = piece.partition("=")
+        if sep and not _PROM_LABEL.match(key.replace(".", "_").replace("-", "_")):
+            return f"invalid tag name {key!r}"
+    return None
+
+
+def nightingale_decode(body: bytes) -> List[Dict[str, Any]]:
+    """easyjson into FalconMetric(Arr): one object or an array; integer timestamp; strings."""
+    doc = _json(body)
+    arr = doc if isinstance(doc, list) else [doc]
+    for raw in arr:
+        if not isinstance(raw, dict):
+            raise DecodeError(f"cannot decode {type(raw).__name__} as FalconMetric")
+        stamp = raw.get("timestamp")
+        if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int)):
+            raise DecodeError(f"timestamp {stamp!r} is not an integer")
+        for key in ("metric", "endpoint", "tags"):
+            if raw.get(key) is not None and not isinstance(raw[key], str):
+                raise DecodeError(f"{key} {raw[key]!r} is not a string")
+    return arr
+
+
+@dataclass(frozen=True)
+class Push:
+    """One request as the receiver saw it."""
+
+    path: str
+    status: int
+    reply: str
+    items: List[Dict[str, Any]]
+    invalid: List[Tuple[int, str]]
+    problems: List[str]
+    at: float
+
+
+@dataclass
+class _Behaviour:
+    status: int = 0  # 0: answer normally
+    body: str = ""
+    delay: float = 0.0
+    cut: bool = False
+    max_items: int = 0
+
+
+class Receiver:
+    """The server, started in a thread on 127.0.0.1; ``pushes`` records every request."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.pushes: List[Push] = []
+        self.behaviour = _Behaviour()
+        self._lock = threading.Lock()
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self._connections: Set[socket.socket] = set()
+        self._stopping = threading.Event()
+
+    # -- control ----------------------------------------------------------------------
+
+    def url(self, path: str = AGENT) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> "Receiver":
+        self._stopping.clear()
+        server = _Server(("127.0.0.1", self.port), _Handler)
+        server.receiver = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listening socket and every open connection: clients get refused/reset."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+    down = stop
+
+    def up(self) -> None:
+        self.start()
+
+    def ok(self) -> None:
+        self.behaviour = _Behaviour(max_items=self.behaviour.max_items)
+
+    def fail(self, status: int, body: str = "internal error") -> None:
+        self.behaviour = _Behaviour(status=status, body=body)
+
+    def slow(self, seconds: float) -> None:
+        self.behaviour = _Behaviour(delay=seconds)
+
+    def cut(self) -> None:
+        self.behaviour = _Behaviour(cut=True)
+
+    def limit(self, max_items: int) -> None:
+        self.behaviour = _Behaviour(max_items=max_items)
+
+    # -- results ----------------------------------------------------------------------
+
+    def accepted(self, path: Optional[str] = None) -> List[Push]:
+        with self._lock:
+            return [p for p in self.pushes if p.status == 200 and (path is None or p.path == path)]
+
+    def items(self, path: Optional[str] = None) -> List[Dict[str, Any]]:
+        return [item for push in self.accepted(path) for item in push.items]
+
+    def invalid(self) -> List[Tuple[int, str]]:
+        return [bad for push in self.accepted() for bad in push.invalid]
+
+    def problems(self) -> List[str]:
+        return [p for push in self.accepted() for p in push.problems]
+
+    def _record(self, push: Push) -> None:
+        with self._lock:
+            self.pushes.append(push)
+
+    def __enter__(self) -> "Receiver":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    receiver: Receiver
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.receiver._lock:
+            self.receiver._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.receiver._lock:
+            self.receiver._connections.discard(request)
+        super().shutdown_request(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as Go's net/http
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+        receiver = self.server.receiver
+        behaviour = receiver.behaviour
+        path = self.path.split("?", 1)[0]
+        if "chunked" in self.headers.get("Transfer-Encoding", ""):
+            self._answer(411, "length required\n")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if behaviour.cut:
+            self.rfile.read(length // 2)
+            receiver._record(Push(path, 0, "cut", [], [], [], time.time()))
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        body = self.rfile.read(length)
+        if behaviour.delay:
+            receiver._stopping.wait(behaviour.delay)
+        # Recorded before answering, so a client that has its answer finds the record.
+        if behaviour.status:
+            receiver._record(Push(path, behaviour.status, behaviour.body, [], [], [], time.time()))
+            self._answer(behaviour.status, behaviour.body + "\n")
+            return
+        status, reply, push = self._judge(path, body, behaviour.max_items)
+        receiver._record(push)
+        self._answer(status, reply, "application/json; charset=UTF-8" if reply.startswith("{") else None)
+
+    def _judge(self, path: str, body: bytes, max_items: int) -> Tuple[int, str, Push]:
+        now = time.time()
+        if path == NIGHTINGALE:
+            try:
+                raws = nightingale_decode(body)
+            except DecodeError as err:
+                return 400, str(err), Push(path, 400, str(err), [], [], [], now)
+            invalid = [(i, why) for i, raw in enumerate(raws) if (why := nightingale_verdict(raw))]
+            reply = json.dumps({"succ": len(raws) - len(invalid), "fail": len(invalid), "msg": "received"})
+            return 200, reply, Push(path, 200, reply, raws, invalid, [], now)
+        if path not in (AGENT, TRANSFER):
+            return 404, "404 page not found\n", Push(path, 404, "not found", [], [], [], now)
+        if not body:
+            text = "body is blank" if path == AGENT else "blank body"
+            return 400, text + "\n", Push(path, 400, text, [], [], [], now)
+        try:
+            items = go_decode(body)
+        except DecodeError as err:
+            text = "connot decode body" if path == AGENT else "decode error"  # sic: the agent's spelling
+            return 400, text + "\n", Push(path, 400, f"{text}: {err}", [], [], [], now)
+        if path == AGENT and max_items and len(items) > max_items:
+            text = "metrics exceed maxMetricValueSize"
+            return 400, text + "\n", Push(path, 400, text, [], [], [], now)
+        invalid = [(i, why) for i, item in enumerate(items) if (why := transfer_verdict(item))]
+        bad = {i for i, _ in invalid}
+        kept = [item for i, item in enumerate(items) if i not in bad and item is not None]
+        problems = [p for item in kept for p in graph_problems(item)]
+        if path == AGENT:
+            reply = "success"
+        else:
+            reply = json.dumps({"msg": "success", "data": {"Message": "ok", "Total": len(items),
+                                                           "Invalid": len(invalid), "Latency": 0}})
+        return 200, reply, Push(path, 200, reply, [i for i in items if i is not None], invalid, problems, now)
+
+    def _answer(self, status: int, text: str, content_type: Optional[str] = None) -> None:
+        data = text.encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type or "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--port", type=int, default=1988)
+    args = parser.parse_args()
+    receiver = Receiver(args.port).start()
+    print(f"listening on {receiver.url('')}: {AGENT} {TRANSFER} {NIGHTINGALE}", flush=True)
+    seen = 0
+    try:
+        while True:
+            time.sleep(0.2)
+            for push in receiver.pushes[seen:]:
+                print(f"{push.path} {push.status} items={len(push.items)} invalid={len(push.invalid)} "
+                      f"problems={len(push.problems)} {push.invalid[:3]} {push.problems[:3]}", flush=True)
+            seen = len(receiver.pushes)
+    except KeyboardInterrupt:
+        receiver.stop()
+
+
+if __name__ == "__main__":
+    main()
