@@ -7,11 +7,16 @@ import os
 import socket
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import click
 
 from container_netstat import __version__
+
+if TYPE_CHECKING:
+    from container_netstat.push import Outcome
+    from container_netstat.spool import Spool
 
 log = logging.getLogger("container_netstat")
 
@@ -21,8 +26,36 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_DOCKER = 3
 EXIT_PARTIAL = 4
+EXIT_SPOOLED = 5  # not all delivered: the rest waits in the spool for the next run
+EXIT_REJECTED = 6  # the receiver refused a batch (4xx) or dropped items as invalid
+EXIT_LOCKED = 7  # another run holds the spool's lock: this one did nothing
+EXIT_LOST = 8  # items neither delivered nor kept: spool unwritable, or over its bounds
 
 ENV_PREFIX = "CONTAINER_NETSTAT"
+DEFAULT_FALCON_URL = "http://127.0.0.1:1988/v1/push"
+
+
+class _Quantity(click.ParamType):
+    """An integer with an optional unit: durations 90, 90s, 30m, 12h, 1d; sizes 500K, 64M, 1G."""
+
+    def __init__(self, name: str, units: Dict[str, int]) -> None:
+        self.name = name
+        self.units = units
+
+    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(digits):]
+        if not digits.isdigit() or unit not in self.units:
+            self.fail(f"{value!r}: expected a number with an optional unit ({', '.join(u for u in self.units if u)})",
+                      param, ctx)
+        return int(digits) * self.units[unit]
+
+
+DURATION = _Quantity("duration", {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400})
+SIZE = _Quantity("size", {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3})
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -92,6 +125,27 @@ def main() -> None:
               "network namespace on this kernel (for backports). Repeatable.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="warning", show_default=True, help="Diagnostics on stderr at this level and above.")
+@click.option("--falcon-url", default=DEFAULT_FALCON_URL, show_default=True, metavar="URL",
+              help="Where to POST the items: the falcon-agent's /v1/push, transfer's /api/push (which "
+              "reports invalid items) or Nightingale's /openfalcon/push.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+              help="Seconds to wait for the receiver to accept a connection.")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
+              help="Seconds to wait for each answer; the agent forwards before answering and retries "
+              "for up to ~14 s.")
+@click.option("--deadline", type=click.FloatRange(min=1), default=40.0, show_default=True,
+              help="Seconds from the start of the run by which it must be done; what is not sent by "
+              "then is spooled for the next run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Items per request.")
+@click.option("--spool-dir", type=click.Path(file_okay=False), default=None,
+              help="Where undelivered batches wait (mode 0700); also holds the lock that keeps two runs "
+              "apart. Default: /var/spool/container-netstat for root, else "
+              "$XDG_STATE_HOME/container-netstat (~/.local/state/container-netstat).")
+@click.option("--spool-max-age", type=DURATION, default="1d", show_default=True,
+              help="Drop spooled batches collected longer ago than this (90s, 30m, 12h, 1d).")
+@click.option("--spool-max-bytes", type=SIZE, default="64M", show_default=True,
+              help="Drop the oldest spooled batches beyond this size (500K, 64M, 1G).")
 def collect(
     dry_run: bool,
     docker_host: Optional[str],
@@ -103,15 +157,27 @@ def collect(
     step: int,
     field_scopes: Tuple[str, ...],
     log_level: str,
+    falcon_url: str,
+    connect_timeout: float,
+    read_timeout: float,
+    deadline: float,
+    batch_size: int,
+    spool_dir: Optional[str],
+    spool_max_age: int,
+    spool_max_bytes: int,
 ) -> None:
     """Take one snapshot of every running container's network namespace.
 
     Reads /proc/<pid>/net/{sockstat,sockstat6,snmp} once per network namespace and
     prints (--dry-run) or pushes an open-falcon JSON array. Exit codes: 0 ok,
-    2 usage, 3 Docker unreachable, 4 some containers could not be read, 1 internal error.
+    2 usage, 3 Docker unreachable, 4 some containers could not be read, 5 not all
+    delivered (the rest is spooled), 6 payload rejected, 7 another run in progress,
+    8 items lost, 1 internal error.
     """
+    finish_by = time.monotonic() + deadline
     _setup_logging(log_level)
     overrides = _parse_scopes(field_scopes)
+    spool = None if dry_run else _locked_spool(spool_dir, spool_max_age, spool_max_bytes)
 
     # Imports kept here so `--help` stays fast.
     from container_netstat import collect as collecting
@@ -136,16 +202,52 @@ def collect(
     except ContainerNetstatError as err:
         raise _fail(EXIT_PARTIAL, f"cannot read the host's /proc: {err}")
     samples, failed = metrics.snapshot_samples(snapshot, scopes)
-    items = falcon.build_items(samples, endpoint or socket.gethostname(), int(time.time()), step)
+    collected_at = int(time.time())
+    items = falcon.build_items(samples, endpoint or socket.gethostname(), collected_at, step)
     log.info(
         "%d containers, %d namespaces, %d items; %d exited during the run, %d failed",
         snapshot.containers, len(snapshot.namespaces), len(items), len(snapshot.gone), len(failed),
     )
-    if not dry_run:
-        raise _fail(EXIT_USAGE, "pushing is not available yet: use --dry-run")
+    if spool is not None:
+        from container_netstat import push
+
+        sender = push.HttpSender(push.Target(falcon_url, connect_timeout, read_timeout))
+        try:
+            outcome = push.deliver(items, collected_at, sender, spool, batch_size, push.Deadline(finish_by),
+                                   where=_redact(falcon_url))
+        finally:
+            sender.close()
+        raise click.exceptions.Exit(_push_exit_code(outcome, bool(failed)))
     click.echo(falcon.dumps(items))
     if failed:
         raise click.exceptions.Exit(EXIT_PARTIAL)
+
+
+def _locked_spool(directory: Optional[str], max_age: int, max_bytes: int) -> "Spool":
+    """Open the spool and take its lock before collecting, so two runs never collect at once."""
+    from container_netstat.spool import Bounds, Spool, SpoolBusy, SpoolError, default_dir
+
+    path = Path(directory) if directory else default_dir(os.getuid(), os.environ)
+    spool = Spool(path, Bounds(max_age=max_age, max_bytes=max_bytes))
+    try:
+        spool.open()
+        spool.lock()
+    except SpoolBusy as err:
+        raise _fail(EXIT_LOCKED, f"{err}: another run is in progress, this one did nothing")
+    except SpoolError as err:
+        raise _fail(EXIT_USAGE, f"{err} (see --spool-dir)")
+    return spool
+
+
+def _push_exit_code(outcome: "Outcome", partial: bool) -> int:
+    """The most serious thing that happened: lost > rejected > spooled > unreadable containers."""
+    if outcome.lost_items or outcome.dropped_batches:
+        return EXIT_LOST
+    if outcome.rejected_items or outcome.invalid_items:
+        return EXIT_REJECTED
+    if outcome.spooled_batches:
+        return EXIT_SPOOLED
+    return EXIT_PARTIAL if partial else EXIT_OK
 
 
 def _redact(url: str) -> str:

@@ -1,0 +1,401 @@
+"""Delivery of open-falcon items over HTTP to the falcon-agent, transfer or Nightingale.
+
+What the receivers answer (FACTS §5-6, falcon-plus and Nightingale source):
+
+- falcon-agent ``POST /v1/push``: ``200 success`` once the JSON decoded, even if every item is
+  invalid or transfer is down; ``400 connot decode body`` for the whole batch if one field has
+  the wrong JSON type; ``400 metrics exceed maxMetricValueSize`` above its optional per-request
+  item limit. It forwards to transfer synchronously, retrying for up to ~14 s, so the read
+  timeout must be longer than that.
+- transfer ``POST /api/push``: ``{"msg": "success", "data": {"Total": n, "Invalid": k, ...}}``
+  after checking each item on its own: the only reply that says items were dropped.
+- Nightingale ``POST /openfalcon/push``: ``{"succ": n, "fail": k, "msg": ...}``, and ``499`` (its
+  default ``OverLimitStatusCode``) while its write queue is full.
+
+A 2xx is delivered. A timeout, a refused or broken connection, a 5xx, or a "try later" 4xx (408,
+425, 429, 499) is transient: the batch is spooled and a later run replays it. Any other 4xx says
+the payload (or the URL) is wrong: retrying cannot help, so it is reported and never retried.
+
+Order matters: graph drops a point not newer than the last it holds for a series, so spooled
+batches go first, oldest first, and once one cannot be delivered nothing newer is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+
+from container_netstat import falcon
+from container_netstat.errors import PushError
+from container_netstat.spool import CorruptBatch, Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:1988/v1/push"
+# Statuses that mean "not now" rather than "never": request timeout, too early, too many
+# requests, and Nightingale's queue-full answer (pushgw WriterOpt.OverLimitStatusCode = 499).
+TRANSIENT_4XX = frozenset({408, 425, 429, 499})
+# Below this many seconds left in the run, no new request starts.
+MIN_BUDGET = 0.5
+
+Item = Dict[str, Any]
+
+
+class Unreachable(PushError):
+    """No usable answer (refused, timed out, cut, 5xx, "try later"): spool and retry later."""
+
+
+class DeadlineReached(Unreachable):
+    """The run's deadline left no time for another request."""
+
+
+class Rejected(PushError):
+    """The receiver refused the batch as wrong (a 4xx): retrying it cannot help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class TooLarge(Rejected):
+    """The agent's per-request item limit (maxMetricBodyLenPerRequest): send smaller batches."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how patiently to push."""
+
+    url: str = DEFAULT_URL
+    connect_timeout: float = 3.0
+    # The agent pushes to transfer before it answers and retries for up to ~14 s (FACTS §5).
+    read_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the receiver said about one accepted batch."""
+
+    kind: str  # "agent", "transfer", "nightingale" or "other"
+    total: int
+    invalid: int
+    message: str
+
+
+class Sender(Protocol):
+    """Sends one JSON body of ``count`` items within ``budget`` seconds; HttpSender or a fake."""
+
+    def send(self, body: bytes, count: int, budget: float) -> Reply: ...
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The monotonic time by which the run must be done."""
+
+    end: float
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+
+    @classmethod
+    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> "Deadline":
+        return cls(clock() + seconds, clock)
+
+    def remaining(self) -> float:
+        return self.end - self.clock()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one run's delivery did; the CLI turns it into an exit code."""
+
+    sent_items: int = 0
+    sent_batches: int = 0
+    replayed_items: int = 0
+    replayed_batches: int = 0
+    spooled_items: int = 0
+    spooled_batches: int = 0
+    waiting_batches: int = 0
+    rejected_items: int = 0
+    invalid_items: int = 0
+    set_aside: int = 0
+    dropped_batches: int = 0
+    lost_items: int = 0
+    failure: str = ""
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _count(value: Any, default: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return int(value)
+
+
+def interpret(status: int, body: str, sent: int) -> Reply:
+    """Classify one HTTP answer: a Reply if delivered, else raise Unreachable or Rejected."""
+    text = _one_line(body)
+    if 200 <= status < 300:
+        return _delivered(body, sent)
+    if status >= 500 or status in TRANSIENT_4XX:
+        raise Unreachable(f"HTTP {status}: {text}")
+    if status == 400 and "exceed" in text:
+        raise TooLarge(status, text)
+    raise Rejected(status, text)
+
+
+def _delivered(body: str, sent: int) -> Reply:
+    text = body.strip()
+    if text == "success":
+        return Reply("agent", sent, 0, text)
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return Reply("other", sent, 0, _one_line(text))
+    if isinstance(doc, dict):
+        data = doc.get("data")
+        if isinstance(data, dict) and "Invalid" in data:
+            return Reply(
+                "transfer",
+                _count(data.get("Total"), sent),
+                _count(data.get("Invalid"), 0),
+                _one_line(str(data.get("Message", doc.get("msg", "")))),
+            )
+        if "succ" in doc and "fail" in doc:
+            succ, fail = _count(doc.get("succ"), 0), _count(doc.get("fail"), 0)
+            return Reply("nightingale", succ + fail, fail, _one_line(str(doc.get("msg", ""))))
+    return Reply("other", sent, 0, _one_line(text))
+
+
+class HttpSender:
+    """POSTs JSON bodies with requests; every call bounded by connect/read timeouts and the budget."""
+
+    def __init__(self, target: Target) -> None:
+        import requests  # here, not at the top: `collect --dry-run` and `--help` never pay for it
+
+        self.target = target
+        self._requests = requests
+        self._session = requests.Session()
+        # Proxies and .netrc come from the environment, which only the CLI reads; the usual
+        # receiver is the agent on 127.0.0.1, which must never go through a proxy.
+        self._session.trust_env = False
+
+    def send(self, body: bytes, count: int, budget: float) -> Reply:
+        connect = max(0.1, min(self.target.connect_timeout, budget))
+        read = max(0.1, min(self.target.read_timeout, budget))
+        try:
+            response = self._session.post(
+                self.target.url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=(connect, read),
+                allow_redirects=False,
+            )
+            text = response.text
+        except self._requests.Timeout as err:
+            raise Unreachable(f"no answer within {read:.1f} s ({type(err).__name__})") from err
+        except self._requests.RequestException as err:
+            raise Unreachable(_describe(err)) from err
+        return interpret(response.status_code, text, count)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _describe(err: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 error, e.g. 'Connection refused'."""
+    reason: BaseException = err
+    seen = set()
+    while id(reason) not in seen:
+        seen.add(id(reason))
+        inner = getattr(reason, "reason", None) or reason.__cause__ or reason.__context__
+        if not isinstance(inner, BaseException):
+            break
+        reason = inner
+    text = str(reason)
+    if "] " in text and text.startswith("[Errno"):
+        text = text.split("] ", 1)[1]
+    return _one_line(f"{type(err).__name__}: {text}")
+
+
+def batches(items: Sequence[Item], size: int) -> List[List[Item]]:
+    """Consecutive slices of at most ``size`` items."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class _Run:
+    """The mutable tally of one delivery; frozen into an Outcome at the end."""
+
+    def __init__(self, sender: Sender, spool: Spool, deadline: Deadline) -> None:
+        self.sender = sender
+        self.spool = spool
+        self.deadline = deadline
+        self.tally: Dict[str, int] = {}
+        self.failure = ""
+        self.split_warned = False
+
+    def add(self, key: str, amount: int = 1) -> None:
+        self.tally[key] = self.tally.get(key, 0) + amount
+
+    def send(self, items: List[Item]) -> Reply:
+        """Deliver one unit, halving it while the agent says it holds too many items."""
+        queue = [items]
+        total = invalid = 0
+        kinds = set()
+        while queue:
+            part = queue.pop(0)
+            budget = self.deadline.remaining()
+            if budget < MIN_BUDGET:
+                raise DeadlineReached("the run's deadline was reached")
+            try:
+                reply = self.sender.send(falcon.dumps(part).encode("utf-8"), len(part), budget)
+            except TooLarge as err:
+                if len(part) < 2:
+                    raise
+                if not self.split_warned:
+                    log.warning("receiver refused %d items in one request (%s): splitting; lower --batch-size",
+                                len(part), err.message)
+                    self.split_warned = True
+                half = len(part) // 2
+                queue[:0] = [part[:half], part[half:]]
+                continue
+            total += reply.total
+            invalid += reply.invalid
+            kinds.add(reply.kind)
+        return Reply("/".join(sorted(kinds)), total, invalid, "")
+
+    def note_invalid(self, reply: Reply, what: str) -> None:
+        if reply.invalid:
+            self.add("invalid_items", reply.invalid)
+            log.error("receiver (%s) dropped %d of %d items of %s as invalid", reply.kind, reply.invalid,
+                      reply.total, what)
+
+
+def deliver(
+    items: Sequence[Item],
+    timestamp: int,
+    sender: Sender,
+    spool: Spool,
+    batch_size: int,
+    deadline: Deadline,
+    where: str = "",
+) -> Outcome:
+    """Replay the spool oldest first, then send this run's items; spool what could not go."""
+    run = _Run(sender, spool, deadline)
+    started = time.monotonic()
+    _enforce(run)
+    blocked = _replay(run)
+    pending = batches(items, batch_size)
+    for index, batch in enumerate(pending):
+        if not blocked:
+            try:
+                reply = run.send(batch)
+            except Unreachable as err:
+                blocked = True
+                run.failure = str(err)
+            except Rejected as err:
+                run.add("rejected_items", len(batch))
+                log.error("receiver refused a batch of %d items (%s); it is not retried", len(batch), err)
+                continue
+            else:
+                run.add("sent_items", len(batch))
+                run.add("sent_batches")
+                run.note_invalid(reply, "a batch of this run")
+                continue
+        _store(run, batch, timestamp, index)
+    if run.tally.get("spooled_batches"):
+        _enforce(run)
+    waiting = _waiting(spool)
+    outcome = Outcome(failure=run.failure, waiting_batches=waiting, **run.tally)
+    _summarise(outcome, where, spool, time.monotonic() - started)
+    return outcome
+
+
+def _enforce(run: _Run) -> None:
+    try:
+        dropped = run.spool.enforce()
+    except SpoolError as err:
+        log.error("spool: %s", err)
+        return
+    if dropped.batches:
+        run.add("dropped_batches", dropped.batches)
+        log.error(
+            "spool %s over its bounds: dropped %d undelivered batches (%d older than %d s, %d beyond %d bytes)"
+            " collected between %s and %s",
+            run.spool.directory, dropped.batches, dropped.by_age, run.spool.bounds.max_age, dropped.by_size,
+            run.spool.bounds.max_bytes, _when(dropped.oldest), _when(dropped.newest),
+        )
+
+
+def _replay(run: _Run) -> bool:
+    """Send spooled batches oldest first; True if one could not be delivered (stop there)."""
+    try:
+        entries = run.spool.pending()
+    except SpoolError as err:
+        log.error("spool: %s; sending this run's items only", err)
+        return False
+    for entry in entries:
+        try:
+            items = run.spool.load(entry)
+        except CorruptBatch as err:
+            log.warning("spool: corrupt batch moved aside: %s", err)
+            run.spool.set_aside(entry, "corrupt")
+            run.add("set_aside")
+            continue
+        try:
+            reply = run.send(items)
+        except Unreachable as err:
+            run.failure = str(err)
+            return True
+        except Rejected as err:
+            log.error("receiver refused spooled batch %s (%d items, %s); moved aside, not retried",
+                      entry.path.name, len(items), err)
+            run.spool.set_aside(entry, "rejected")
+            run.add("set_aside")
+            run.add("rejected_items", len(items))
+            continue
+        run.spool.remove(entry)
+        run.add("replayed_items", len(items))
+        run.add("replayed_batches")
+        run.note_invalid(reply, f"spooled batch {entry.path.name}")
+    return False
+
+
+def _store(run: _Run, batch: List[Item], timestamp: int, index: int) -> None:
+    try:
+        run.spool.write(batch, timestamp, index)
+    except SpoolError as err:
+        run.add("lost_items", len(batch))
+        log.error("lost %d items: not delivered and %s", len(batch), err)
+        return
+    run.add("spooled_items", len(batch))
+    run.add("spooled_batches")
+
+
+def _waiting(spool: Spool) -> int:
+    try:
+        return spool.size()[0]
+    except SpoolError:
+        return 0
+
+
+def _when(stamp: Optional[int]) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)) if stamp is not None else "?"
+
+
+def _summarise(outcome: Outcome, where: str, spool: Spool, elapsed: float) -> None:
+    if outcome.failure and (outcome.spooled_batches or outcome.waiting_batches):
+        log.warning(
+            "could not deliver to %s (%s): %d items of this run spooled; %d batches wait in %s",
+            where or "the receiver", outcome.failure, outcome.spooled_items, outcome.waiting_batches,
+            spool.directory,
+        )
+    log.info(
+        "delivered %d items in %d batches and %d spooled batches (%d items) in %.2f s; %d batches wait",
+        outcome.sent_items, outcome.sent_batches, outcome.replayed_batches, outcome.replayed_items, elapsed,
+        outcome.waiting_batches,
+    )
