@@ -176,7 +176,9 @@ def collect(
         else:
             roots.append(container)
 
-    resolved = resolver.resolve([(c.id, c.labels.get(POD_UID, "")) for c in roots])
+    resolved = resolver.resolve(
+        [(c.id, c.labels.get(POD_UID, "")) for c in roots], known={c.id: c.pid for c in roots if c.pid}
+    )
     by_key: Dict[int, List[Tuple[Container, int]]] = {}
     for container in roots:
         found = resolved.get(container.id)

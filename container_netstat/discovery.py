@@ -23,6 +23,9 @@ POD_NAME = "io.kubernetes.pod.name"
 POD_NAMESPACE = "io.kubernetes.pod.namespace"
 POD_UID = "io.kubernetes.pod.uid"
 DOCKER_TYPE = "io.kubernetes.docker.type"
+# A pod's sandbox as containerd's CRI plugin and CRI-O mark it in the OCI annotations,
+# which the proc backend passes on as labels (ondisk.py).
+SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class Container:
     name: str
     network_mode: str
     labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # A pid inside the container when the backend already knows one (runtimes.py);
+    # the pid resolver still checks it against /proc/<pid>/cgroup.
+    pid: Optional[int] = field(default=None, compare=False)
 
     @property
     def joins(self) -> Optional[str]:
@@ -53,7 +59,9 @@ class Container:
 
     @property
     def is_sandbox(self) -> bool:
-        return self.labels.get(DOCKER_TYPE) == "podsandbox"
+        return self.labels.get(DOCKER_TYPE) == "podsandbox" or any(
+            self.labels.get(key) == "sandbox" for key in SANDBOX_ANNOTATIONS
+        )
 
 
 def describe_docker_error(err: BaseException) -> str:

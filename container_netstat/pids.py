@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.procfs import ProcFS
@@ -135,11 +135,21 @@ class PidResolver:
             log.debug("stale pid file %s: pid %d is not in container %s", path, pid, container_id[:12])
         return None
 
-    def resolve(self, containers: Sequence[tuple[str, str]]) -> Dict[str, Resolved]:
-        """Map container id -> Resolved for (id, pod_uid) pairs; ids that are gone are left out."""
+    def resolve(
+        self, containers: Sequence[tuple[str, str]], known: Optional[Mapping[str, int]] = None
+    ) -> Dict[str, Resolved]:
+        """Map container id -> Resolved for (id, pod_uid) pairs; ids that are gone are left out.
+
+        ``known`` holds pids a discovery backend found in its /proc scan (runtimes.py):
+        each is used once /proc/<pid>/cgroup confirms it, before any other source.
+        """
         found: Dict[str, Resolved] = {}
         missing: List[str] = []
         for container_id, pod_uid in containers:
+            hint = (known or {}).get(container_id)
+            if hint and self.belongs(hint, container_id):
+                found[container_id] = Resolved(hint, "proc-scan")
+                continue
             pid = self.from_cgroup(container_id, pod_uid)
             source = "cgroup"
             if pid is None:
