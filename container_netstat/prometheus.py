@@ -1,0 +1,195 @@
+"""Prometheus text exposition of a snapshot, and the atomic textfile write node_exporter needs.
+
+Rules from node_exporter's textfile collector and the Prometheus server (FACTS §7):
+
+- node_exporter reads ``*.prom`` files from ``--collector.textfile.directory`` on every scrape
+  and skips a whole file that has sample timestamps: none are written.
+- A scrape may come at any moment, so the file is written to a temporary name in the same
+  directory (ending in ``.tmp``, which the collector ignores) and renamed over the old one:
+  a reader sees the old file or the new one, never a mix.
+- kubelet serves cAdvisor's ``container_network_tcp_usage_total`` and friends as 0 (its tcp
+  and udp metrics are disabled): every name here starts with ``container_netstat_`` so it
+  never collides with one of those.
+- Labels are the falcon tags unsanitized (Prometheus label values may hold any UTF-8); the
+  exposition library escapes them. ``namespace``, ``pod`` and ``container`` are also target
+  labels under Kubernetes service discovery: without ``honor_labels`` a server renames ours
+  ``exported_*`` (see docs-outputs.rst).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+from container_netstat import metrics
+from container_netstat.errors import ContainerNetstatError
+from container_netstat.metrics import Sample
+
+log = logging.getLogger(__name__)
+
+NAME_PREFIX = "container_netstat_"
+TIMESTAMP_METRIC = NAME_PREFIX + "collector_timestamp_seconds"
+TEXTFILE_MODE = 0o644
+# A temporary file older than this was left by a run that was killed before its rename.
+STALE_TEMP_SECONDS = 600
+
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+class TextfileError(ContainerNetstatError):
+    """The textfile could not be written (or its path is not one we may replace)."""
+
+
+def metric_name(falcon_name: str) -> str:
+    """``container.net.tcp.inuse`` -> ``container_netstat_tcp_inuse`` (counters get ``_total`` later)."""
+    short = falcon_name[len(metrics.PREFIX):] if falcon_name.startswith(metrics.PREFIX) else falcon_name
+    return NAME_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", short)
+
+
+def exposed_name(falcon_name: str, counter_type: str) -> str:
+    """The series name a scrape shows: counters end in ``_total``."""
+    name = metric_name(falcon_name)
+    return name + "_total" if counter_type == metrics.COUNTER else name
+
+
+def label_name(key: str) -> str:
+    """A tag key as a legal label name: ``[a-zA-Z_][a-zA-Z0-9_]*``, never the reserved ``__`` prefix."""
+    name = _LABEL_UNSAFE.sub("_", key) or "_"
+    if name[0].isdigit():
+        name = "_" + name
+    return "tag" + name if name.startswith("__") else name
+
+
+def label_value(value: str) -> str:
+    """Any text, as valid UTF-8 (a lone surrogate from a Docker label becomes ``?``)."""
+    return value.encode("utf-8", "replace").decode("utf-8") if not value.isascii() else value
+
+
+def _help_texts() -> Dict[str, str]:
+    texts = {
+        metrics.PREFIX + m.name: f"{m.meaning} ({m.source})"
+        for m in (*metrics.NETNS_METRICS, *metrics.HOST_METRICS)
+    }
+    texts.update({metrics.PREFIX + name: meaning for name, meaning in metrics.COLLECTOR_METRICS})
+    return texts
+
+
+class _Families:
+    """The object ``generate_latest`` reads: anything with ``collect()``."""
+
+    def __init__(self, families: List[object]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[object]:
+        return iter(self._families)
+
+
+def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> bytes:
+    """The snapshot in the Prometheus text format (``# HELP``, ``# TYPE``, no timestamps).
+
+    Series are grouped by metric; within a metric every series carries the union of the
+    label names, an absent one as ``""`` (what node_exporter serves anyway, and what
+    Prometheus treats as absent). A second sample with the same name and labels is
+    dropped with a warning: a duplicate series makes node_exporter fail the file.
+    ``collected_at`` adds ``container_netstat_collector_timestamp_seconds``, the run's time
+    as a value, so a stale file can be alerted on.
+    """
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.exposition import generate_latest
+
+    helps = _help_texts()
+    grouped: Dict[Tuple[str, str], Dict[Tuple[Tuple[str, str], ...], int]] = {}
+    for sample in samples:
+        named: Dict[str, str] = {}
+        for key, value in sorted(sample.tags):
+            named.setdefault(label_name(key), label_value(value))
+        labels = tuple(sorted(named.items()))
+        series = grouped.setdefault((sample.metric, sample.counter_type), {})
+        if labels in series:
+            log.warning("%s%s: duplicate series, kept the first", sample.metric, dict(labels))
+            continue
+        series[labels] = sample.value
+    families: List[object] = []
+    for (falcon_name, counter_type), series in sorted(grouped.items()):
+        names = sorted({k for labels in series for k, _ in labels})
+        help_text = helps.get(falcon_name, falcon_name)
+        kind = CounterMetricFamily if counter_type == metrics.COUNTER else GaugeMetricFamily
+        family = kind(metric_name(falcon_name), help_text, labels=names)
+        for labels, value in sorted(series.items()):
+            present: Mapping[str, str] = dict(labels)
+            family.add_metric([present.get(n, "") for n in names], value)
+        families.append(family)
+    if collected_at is not None:
+        families.append(GaugeMetricFamily(
+            TIMESTAMP_METRIC, "Unix time of the run that wrote these values", value=collected_at))
+    return generate_latest(_Families(families))  # type: ignore[arg-type]
+
+
+def write_textfile(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: temp file in the same directory, fsync, rename.
+
+    A symbolic link at ``path`` is refused rather than replaced (the rename would
+    replace the link itself, never write through it). The file is mode 0644 whatever
+    the umask, for a node_exporter running as another user.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise TextfileError(f"{path}: {err.strerror}") from err
+    else:
+        if stat.S_ISLNK(st.st_mode):
+            raise TextfileError(f"{path} is a symbolic link: refusing to replace it")
+        if not stat.S_ISREG(st.st_mode):
+            raise TextfileError(f"{path} is not a regular file")
+    directory = path.parent
+    _remove_stale_temps(directory, path.name)
+    try:
+        # mkstemp opens with O_CREAT|O_EXCL|O_NOFOLLOW: it never reuses or follows anything.
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as err:
+        raise TextfileError(f"cannot create a temporary file in {directory}: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), TEXTFILE_MODE)
+            # Without it, a crash soon after the rename can leave an empty file.
+            os.fsync(out.fileno())
+        os.rename(temp, path)
+    except OSError as err:
+        _unlink_quietly(temp)
+        raise TextfileError(f"cannot write {path}: {err.strerror}") from err
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+
+
+def _remove_stale_temps(directory: Path, name: str) -> None:
+    """Remove our temporary files that a killed run left behind (not a concurrent run's)."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    try:
+        candidates = [e for e in os.scandir(directory) if e.name.startswith(f".{name}.") and e.name.endswith(".tmp")]
+    except OSError:
+        return  # the write itself will report the problem
+    for entry in candidates:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                log.info("removed %s, left by an interrupted run", entry.path)
+        except OSError:
+            continue
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
