@@ -1,13 +1,14 @@
 """The /proc half shared by the two comparison collectors, ``naive.py`` and ``floor.py``.
 
 Written apart from the package on purpose, with the standard library only, so that the
-benchmark's equality check compares two independent readings. Given each running
-container's pid, it reads /proc/<pid>/net/{sockstat,sockstat6,snmp} once per network
-namespace (namespaces are told apart by the inode of their sockstat entry), skips the
-host's namespace, and prints the same open-falcon array as ``container-netstat collect
---dry-run``: the same metric names, the same tags (``namespace=,pod=`` for a Kubernetes
-pod, else ``container=<name>``), the same kernel-dependent scope of ``tw`` and
-``sockets: used``.
+benchmark's equality check compares independent readings. Given each running
+container's pid, it reads /proc/<pid>/net/{sockstat,sockstat6,snmp,netstat} once per
+network namespace (namespaces are told apart by the inode of their sockstat entry),
+skips the host's namespace, and prints the same open-falcon array as
+``container-netstat collect --dry-run`` with its default metric groups (basic gauges
+and counters): the same metric names, the same tags (``namespace=,pod=`` for a
+Kubernetes pod, else ``container=<name>``), the same kernel-dependent scope of ``tw``
+and ``sockets: used``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,26 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 PREFIX = "container.net."
 Sections = Dict[str, Dict[str, int]]
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+-]")
+# (metric, file, section, field): monotonic counters, emitted where the kernel has them.
+COUNTERS = (
+    ("tcp.active_opens", "snmp", "Tcp", "ActiveOpens"),
+    ("tcp.passive_opens", "snmp", "Tcp", "PassiveOpens"),
+    ("tcp.attempt_fails", "snmp", "Tcp", "AttemptFails"),
+    ("tcp.estab_resets", "snmp", "Tcp", "EstabResets"),
+    ("tcp.retrans_segs", "snmp", "Tcp", "RetransSegs"),
+    ("tcp.in_errs", "snmp", "Tcp", "InErrs"),
+    ("tcp.out_rsts", "snmp", "Tcp", "OutRsts"),
+    ("tcp.listen_overflows", "netstat", "TcpExt", "ListenOverflows"),
+    ("tcp.listen_drops", "netstat", "TcpExt", "ListenDrops"),
+    ("tcp.timeouts", "netstat", "TcpExt", "TCPTimeouts"),
+    ("tcp.abort_on_data", "netstat", "TcpExt", "TCPAbortOnData"),
+    ("tcp.abort_on_close", "netstat", "TcpExt", "TCPAbortOnClose"),
+    ("tcp.abort_on_timeout", "netstat", "TcpExt", "TCPAbortOnTimeout"),
+    ("udp.in_errors", "snmp", "Udp", "InErrors"),
+    ("udp.rcvbuf_errors", "snmp", "Udp", "RcvbufErrors"),
+    ("udp.sndbuf_errors", "snmp", "Udp", "SndbufErrors"),
+    ("udp.no_ports", "snmp", "Udp", "NoPorts"),
+)
 
 
 @dataclass(frozen=True)
@@ -90,17 +111,21 @@ def _per_netns(release: str) -> Dict[str, bool]:
     return {"tw": version >= (4, 13), "sockets_used": version >= (4, 16)}
 
 
-def _values(sockstat: Sections, sockstat6: Sections, snmp: Sections, per_netns: Dict[str, bool]) -> List[Tuple[str, int]]:
-    six = sockstat6 or {}
+def _values(files: Dict[str, Sections], per_netns: Dict[str, bool]) -> List[Tuple[str, int, str]]:
+    sockstat, six, snmp = files["sockstat"], files["sockstat6"], files["snmp"]
     values = [
-        ("tcp.established", snmp["Tcp"]["CurrEstab"]),
-        ("tcp.inuse", sockstat["TCP"]["inuse"] + six.get("TCP6", {}).get("inuse", 0)),
+        ("tcp.established", snmp["Tcp"]["CurrEstab"], "GAUGE"),
+        ("tcp.inuse", sockstat["TCP"]["inuse"] + six.get("TCP6", {}).get("inuse", 0), "GAUGE"),
     ]
     if per_netns["tw"]:
-        values.append(("tcp.timewait", sockstat["TCP"]["tw"]))
-    values.append(("udp.inuse", sockstat["UDP"]["inuse"] + six.get("UDP6", {}).get("inuse", 0)))
+        values.append(("tcp.timewait", sockstat["TCP"]["tw"], "GAUGE"))
+    values.append(("udp.inuse", sockstat["UDP"]["inuse"] + six.get("UDP6", {}).get("inuse", 0), "GAUGE"))
     if per_netns["sockets_used"]:
-        values.append(("sockets.used", sockstat["sockets"]["used"]))
+        values.append(("sockets.used", sockstat["sockets"]["used"], "GAUGE"))
+    for metric, file, section, name in COUNTERS:
+        value = files[file].get(section, {}).get(name)
+        if value is not None:
+            values.append((metric, value, "COUNTER"))
     return values
 
 
@@ -126,9 +151,9 @@ def collect(running: List[Running], listed: int, proc: str = "/proc", step: int 
     endpoint = sanitize(socket.gethostname(), 255)
     now = int(time.time())
 
-    def item(metric: str, value: int, tags: str = "") -> Dict[str, Any]:
+    def item(metric: str, value: int, tags: str = "", counter_type: str = "GAUGE") -> Dict[str, Any]:
         return {"endpoint": endpoint, "metric": PREFIX + metric, "timestamp": now, "step": step,
-                "value": value, "counterType": "GAUGE", "tags": tags}
+                "value": value, "counterType": counter_type, "tags": tags}
 
     items = [item("host.tcp." + f, host["TCP"][f]) for f in ("orphan", "alloc", "mem")]
     items.append(item("host.udp.mem", host["UDP"]["mem"]))
@@ -142,14 +167,17 @@ def collect(running: List[Running], listed: int, proc: str = "/proc", step: int 
         for c in members:  # any member's pid will do; one may have exited
             base = os.path.join(proc, str(c.pid), "net")
             try:
-                sockstat = parse_sockstat(_read(os.path.join(base, "sockstat")))
-                six = parse_sockstat(_read(os.path.join(base, "sockstat6"))) if os.path.exists(
-                    os.path.join(base, "sockstat6")) else {}
-                snmp = parse_snmp(_read(os.path.join(base, "snmp")))
+                files = {
+                    "sockstat": parse_sockstat(_read(os.path.join(base, "sockstat"))),
+                    "sockstat6": parse_sockstat(_read(os.path.join(base, "sockstat6")))
+                    if os.path.exists(os.path.join(base, "sockstat6")) else {},
+                    "snmp": parse_snmp(_read(os.path.join(base, "snmp"))),
+                    "netstat": parse_snmp(_read(os.path.join(base, "netstat"))),
+                }
             except OSError:
                 continue
             tags = _tags(members)
-            items += [item(metric, value, tags) for metric, value in _values(sockstat, six, snmp, per_netns)]
+            items += [item(metric, value, tags, kind) for metric, value, kind in _values(files, per_netns)]
             reported += 1
             break
     items += [item("collector.containers", listed), item("collector.namespaces", reported),
