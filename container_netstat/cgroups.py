@@ -1,0 +1,96 @@
+"""Which container a process belongs to, from its ``/proc/<pid>/cgroup`` text.
+
+Pure: text in, a ``CgroupOwner`` (runtime, 64-hex container id, Kubernetes pod uid)
+or None out; no file is opened here. Every line has the form
+``hierarchy-id:controllers:path`` (cgroup v1 has one line per hierarchy, cgroup v2 a
+single ``0::path``; hybrid hosts have both). Each runtime names the cgroup of a
+container after its id, in one of these shapes (the sources are cited in
+tests/test_cgroups.py, one table row each):
+
+- Docker: ``/docker/<id>`` (cgroupfs driver), ``/system.slice/docker-<id>.scope``
+  (systemd driver); cgroup v1 and v2 alike.
+- containerd's CRI plugin: ``<pod cgroup>/<id>`` (cgroupfs), ``cri-containerd-<id>.scope``
+  (systemd).
+- CRI-O: ``<parent>/crio-<id>`` (cgroupfs), ``crio-<id>.scope`` (systemd); its conmon
+  monitor sits beside it in ``crio-conmon-<id>``.
+- Podman: ``/libpod_parent/libpod-<id>`` (cgroupfs), ``libpod-<id>.scope`` (systemd);
+  conmon in ``libpod-conmon-<id>.scope`` or ``<parent>/conmon``.
+- Kubernetes pod cgroups: ``/kubepods/<qos>/pod<uid>/`` (cgroupfs) or
+  ``kubepods-<qos>-pod<uid with _ for ->.slice`` (systemd).
+
+The path is read from the deepest component up, so a runtime's sub-cgroup under a
+container (crun's ``.../libpod-<id>.scope/container``, systemd's ``init.scope`` in a
+container) still maps to the container. A reader in another cgroup namespace sees the
+paths relative to its own root, e.g. ``0::/../../kubepods.slice/...``: the ``..``
+components are skipped like any other.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+DOCKER = "docker"
+CONTAINERD = "containerd"
+CRIO = "cri-o"
+PODMAN = "podman"
+UNKNOWN = ""  # a bare id under a Kubernetes pod cgroup: containerd, cri-dockerd...
+
+_ID = r"(?P<id>[0-9a-f]{64})"
+# (runtime, component pattern); a runtime of None marks a runtime's monitor process
+# (conmon), which is not part of the container although its cgroup names the id.
+_COMPONENTS = (
+    (None, re.compile(rf"(?:crio|libpod)-conmon-{_ID}(?:\.scope)?|conmon")),
+    (DOCKER, re.compile(rf"docker-{_ID}\.scope")),
+    (CONTAINERD, re.compile(rf"cri-containerd-{_ID}\.scope")),
+    (CRIO, re.compile(rf"crio-{_ID}(?:\.scope)?")),
+    (PODMAN, re.compile(rf"libpod-{_ID}(?:\.scope)?")),
+    (UNKNOWN, re.compile(_ID)),
+)
+# cgroupfs: pod<uid>; systemd: kubepods[-<qos>]-pod<uid, '-' written as '_'>.slice
+_POD = re.compile(r"(?:kubepods(?:-[a-z]+)?-)?pod(?P<uid>[0-9a-fA-F][0-9a-fA-F_-]{7,})(?:\.slice)?")
+
+
+@dataclass(frozen=True)
+class CgroupOwner:
+    """The container a process's cgroup names, and its Kubernetes pod when it has one."""
+
+    runtime: str
+    id: str
+    pod_uid: str = ""
+
+
+def _pod_uid(components: Iterable[str]) -> str:
+    for component in components:
+        match = _POD.fullmatch(component)
+        if match:
+            return match.group("uid").replace("_", "-")
+    return ""
+
+
+def parse_path(path: str) -> Optional[CgroupOwner]:
+    """The container named by one cgroup path, or None (host process, conmon, kernel thread)."""
+    components = [c for c in path.split("/") if c and c != ".."]
+    for depth in range(len(components) - 1, -1, -1):
+        for runtime, pattern in _COMPONENTS:
+            match = pattern.fullmatch(components[depth])
+            if not match:
+                continue
+            if runtime is None:
+                return None
+            if runtime == UNKNOWN and depth > 0 and components[depth - 1] == "docker":
+                runtime = DOCKER
+            return CgroupOwner(runtime, match.group("id"), _pod_uid(components[:depth]))
+    return None
+
+
+def parse(text: str) -> Optional[CgroupOwner]:
+    """The container named by a ``/proc/<pid>/cgroup`` text; the first line that names one wins."""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            owner = parse_path(parts[2])
+            if owner is not None:
+                return owner
+    return None
