@@ -1,0 +1,301 @@
+"""Names and labels of containers from the files runtimes and the kubelet keep on the node.
+
+The ``proc`` backend finds containers without any runtime API; this module names
+them. Pure parsers take the text of one file; ``NodeFiles`` opens the files under
+the host's /run and /var (injectable, like the proc root). A file that is missing or
+unreadable is not an error: the container is then named by its short id.
+
+Sources, tried in this order for each container id:
+
+1. Docker's ``<var>/lib/docker/containers/<id>/config.v2.json`` (``Name``,
+   ``Config.Labels``) and ``hostconfig.json`` (``HostConfig.NetworkMode``). These are
+   Docker-internal files, not an API (they can move with ``data-root``); root-only.
+2. The OCI bundle ``config.json`` of the container, whose ``annotations`` carry the
+   Kubernetes identity:
+   - containerd: ``<run>/containerd/io.containerd.runtime.v2.task/<namespace>/<id>/``;
+     its CRI plugin writes ``io.kubernetes.cri.sandbox-name``, ``sandbox-namespace``,
+     ``sandbox-uid`` (from 1.6.11), ``container-name`` and ``container-type``
+     (``sandbox`` or ``container``), containerd ``pkg/cri/annotations/annotations.go``;
+   - CRI-O: ``<run>/containers/storage/overlay-containers/<id>/userdata/``; it writes
+     the kubelet's labels as JSON in ``io.kubernetes.cri-o.Labels`` and the type in
+     ``io.kubernetes.cri-o.ContainerType`` (cri-o ``pkg/annotations``);
+   - Podman: ``<var>/lib/containers/storage/overlay-containers/<id>/userdata/``;
+   - any containerd, wherever its state lives: the shim runs in the bundle directory,
+     so ``/proc/<shim pid>/cwd/config.json`` (needs ptrace rights over the shim).
+3. ``containers.json`` of containers/storage (CRI-O, Podman): the container's names.
+4. The kubelet's log directories: ``<var>/log/pods/<namespace>_<pod>_<uid>/`` names a
+   pod by its uid (from the cgroup path) and ``<var>/log/containers/
+   <pod>_<namespace>_<container>-<id>.log`` a container by its id.
+
+Whatever the source, the Kubernetes identity is given under the kubelet's own label
+keys (``io.kubernetes.pod.name``, ``.pod.namespace``, ``.pod.uid``,
+``io.kubernetes.container.name``), the keys Docker shows, so ``--include``/``--exclude``
+and the pod tags work the same on every runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from container_netstat.cgroups import DOCKER, UNKNOWN
+from container_netstat.discovery import POD_NAME, POD_NAMESPACE, POD_UID
+
+CONTAINER_NAME = "io.kubernetes.container.name"
+# containerd CRI annotations (pkg/cri/annotations/annotations.go)
+CRI_TYPE = "io.kubernetes.cri.container-type"
+CRI_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
+CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+CRI_SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
+CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
+# CRI-O annotations (pkg/annotations/annotations.go)
+CRIO_TYPE = "io.kubernetes.cri-o.ContainerType"
+CRIO_LABELS = "io.kubernetes.cri-o.Labels"
+SANDBOX = "sandbox"
+
+_CONTAINERD_TASKS = ("containerd", "io.containerd.runtime.v2.task")
+_STORAGE = ("containers", "storage", "overlay-containers")
+# <pod>_<namespace>_<container>-<id>.log; Kubernetes names hold no "_" (DNS-1123)
+_CONTAINER_LOG = re.compile(r"(?P<pod>[^_]+)_(?P<namespace>[^_]+)_(?P<container>[^_]+)-(?P<id>[0-9a-f]{64})\.log")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the node's files say about one container."""
+
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    network_mode: str = "default"
+    source: str = ""
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def parse_docker_config(config_text: str, hostconfig_text: str = "") -> Optional[Identity]:
+    """Docker's config.v2.json (+ hostconfig.json) -> name, labels and network mode."""
+    config = _json(config_text)
+    if not isinstance(config, dict):
+        return None
+    labels = (config.get("Config") or {}).get("Labels") or {}
+    hostconfig = _json(hostconfig_text) if hostconfig_text else None
+    mode = (hostconfig or {}).get("NetworkMode") if isinstance(hostconfig, dict) else None
+    return Identity(
+        name=str(config.get("Name") or "").lstrip("/"),
+        labels={str(k): str(v) for k, v in labels.items()},
+        network_mode=str(mode or "default"),
+        source="docker config.v2.json",
+    )
+
+
+def kubernetes_labels(annotations: Mapping[str, str]) -> Dict[str, str]:
+    """The kubelet's labels (pod name, namespace, uid, container name) from OCI annotations."""
+    labels: Dict[str, str] = {}
+    crio = _json(annotations.get(CRIO_LABELS, "")) if CRIO_LABELS in annotations else None
+    if isinstance(crio, dict):
+        labels.update({str(k): str(v) for k, v in crio.items()})
+    for key, annotation in (
+        (POD_NAME, CRI_SANDBOX_NAME),
+        (POD_NAMESPACE, CRI_SANDBOX_NAMESPACE),
+        (POD_UID, CRI_SANDBOX_UID),
+        (CONTAINER_NAME, CRI_CONTAINER_NAME),
+    ):
+        if annotations.get(annotation):
+            labels.setdefault(key, annotations[annotation])
+    if is_sandbox(annotations):
+        labels.setdefault(CONTAINER_NAME, "POD")
+    return labels
+
+
+def is_sandbox(annotations: Mapping[str, str]) -> bool:
+    """True for a pod's sandbox ("pause") container, by containerd's or CRI-O's annotation."""
+    return annotations.get(CRI_TYPE) == SANDBOX or annotations.get(CRIO_TYPE) == SANDBOX
+
+
+def _k8s_name(labels: Mapping[str, str], fallback: str) -> str:
+    pod, namespace = labels.get(POD_NAME), labels.get(POD_NAMESPACE)
+    if pod and namespace:
+        return f"{namespace}/{pod}/{labels.get(CONTAINER_NAME) or fallback}"
+    return fallback
+
+
+def parse_bundle_config(text: str, container_id: str, source: str) -> Optional[Identity]:
+    """An OCI bundle's config.json -> its annotations, plus the kubelet labels they carry."""
+    config = _json(text)
+    if not isinstance(config, dict):
+        return None
+    raw = config.get("annotations") or {}
+    annotations = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    labels = {**annotations, **kubernetes_labels(annotations)}
+    return Identity(name=_k8s_name(labels, container_id[:12]), labels=labels, source=source)
+
+
+def parse_storage_names(text: str) -> Dict[str, str]:
+    """containers/storage's containers.json -> {id: first name}."""
+    entries = _json(text)
+    if not isinstance(entries, list):
+        return {}
+    return {
+        str(e["id"]): str(e["names"][0])
+        for e in entries
+        if isinstance(e, dict) and e.get("id") and e.get("names")
+    }
+
+
+def parse_pod_dir(name: str) -> Optional[Tuple[str, str, str]]:
+    """``<namespace>_<pod>_<uid>`` (a /var/log/pods entry) -> (namespace, pod, uid)."""
+    parts = name.split("_")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+
+
+def parse_container_log(name: str) -> Optional[Tuple[str, str, str, str]]:
+    """``<pod>_<namespace>_<container>-<id>.log`` -> (namespace, pod, container, id)."""
+    match = _CONTAINER_LOG.fullmatch(name)
+    if not match:
+        return None
+    return match.group("namespace"), match.group("pod"), match.group("container"), match.group("id")
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4 * 1024 * 1024).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _listdir(path: str) -> Tuple[str, ...]:
+    try:
+        return tuple(os.listdir(path))
+    except OSError:
+        return ()
+
+
+class NodeFiles:
+    """Reads the node's runtime and kubelet files under injectable /run and /var roots.
+
+    Directory listings are read once per instance (one run).
+    """
+
+    def __init__(
+        self,
+        run_root: str = "/run",
+        var_root: str = "/var",
+        proc_root: str = "/proc",
+        parent_of: Optional[Callable[[int], Optional[int]]] = None,
+    ) -> None:
+        self.run_root = run_root
+        self.var_root = var_root
+        self.proc_root = proc_root
+        self.parent_of = parent_of
+        self._containerd_namespaces: Optional[Tuple[str, ...]] = None
+        self._storage_names: Optional[Dict[str, str]] = None
+        self._pods: Optional[Dict[str, Tuple[str, str]]] = None
+        self._logs: Optional[Dict[str, Tuple[str, str, str]]] = None
+
+    def docker(self, container_id: str) -> Optional[Identity]:
+        base = os.path.join(self.var_root, "lib", "docker", "containers", container_id)
+        config = _read(os.path.join(base, "config.v2.json"))
+        if config is None:
+            return None
+        return parse_docker_config(config, _read(os.path.join(base, "hostconfig.json")) or "")
+
+    def _bundle_paths(self, container_id: str) -> List[Tuple[str, str]]:
+        tasks = os.path.join(self.run_root, *_CONTAINERD_TASKS)
+        if self._containerd_namespaces is None:
+            self._containerd_namespaces = _listdir(tasks)
+        paths = [(os.path.join(tasks, ns, container_id, "config.json"), f"containerd bundle ({ns})")
+                 for ns in self._containerd_namespaces]
+        paths.append((os.path.join(self.run_root, *_STORAGE, container_id, "userdata", "config.json"),
+                      "cri-o bundle"))
+        paths.append((os.path.join(self.var_root, "lib", *_STORAGE, container_id, "userdata", "config.json"),
+                      "podman bundle"))
+        return paths
+
+    def bundle(self, container_id: str, pid: Optional[int] = None) -> Optional[Identity]:
+        """The container's OCI bundle config.json, from the known state directories, else
+        through its shim's working directory (the parent of the container's init ``pid``)."""
+        paths = self._bundle_paths(container_id)
+        shim = self.parent_of(pid) if pid and self.parent_of else None
+        if shim:
+            paths.append((os.path.join(self.proc_root, str(shim), "cwd", "config.json"), "shim bundle"))
+        for path, source in paths:
+            text = _read(path)
+            identity = parse_bundle_config(text, container_id, source) if text is not None else None
+            if identity is not None:
+                return identity
+        return None
+
+    def storage_name(self, container_id: str) -> Optional[str]:
+        if self._storage_names is None:
+            self._storage_names = {}
+            for base in (self.var_root + "/lib", self.run_root):
+                text = _read(os.path.join(base, *_STORAGE, "containers.json"))
+                if text:
+                    self._storage_names.update(parse_storage_names(text))
+        return self._storage_names.get(container_id)
+
+    def pod(self, pod_uid: str) -> Optional[Tuple[str, str]]:
+        """(namespace, pod) of a pod uid, from /var/log/pods."""
+        if self._pods is None:
+            self._pods = {}
+            for entry in _listdir(os.path.join(self.var_root, "log", "pods")):
+                parsed = parse_pod_dir(entry)
+                if parsed:
+                    self._pods[parsed[2]] = (parsed[0], parsed[1])
+        return self._pods.get(pod_uid)
+
+    def container_log(self, container_id: str) -> Optional[Tuple[str, str, str]]:
+        """(namespace, pod, container) of a container id, from /var/log/containers."""
+        if self._logs is None:
+            self._logs = {}
+            for entry in _listdir(os.path.join(self.var_root, "log", "containers")):
+                parsed = parse_container_log(entry)
+                if parsed:
+                    self._logs[parsed[3]] = parsed[:3]
+        return self._logs.get(container_id)
+
+    def from_logs(self, container_id: str, pod_uid: str) -> Optional[Identity]:
+        """The Kubernetes identity from the kubelet's log directories, if they name it."""
+        logged = self.container_log(container_id)
+        if logged:
+            namespace, pod, container = logged
+        else:
+            found = self.pod(pod_uid) if pod_uid else None
+            if not found:
+                return None
+            # A pod's sandbox writes no log: a container of a known pod without one is it.
+            (namespace, pod), container = found, "POD"
+        labels = {POD_NAMESPACE: namespace, POD_NAME: pod, CONTAINER_NAME: container}
+        if pod_uid:
+            labels[POD_UID] = pod_uid
+        return Identity(name=_k8s_name(labels, container_id[:12]), labels=labels, source="kubelet log dirs")
+
+    def identify(self, container_id: str, runtime: str, pod_uid: str = "", pid: Optional[int] = None) -> Identity:
+        """Everything the node's files say about a container; its short id if nothing does.
+
+        ``runtime`` and ``pod_uid`` come from the cgroup path, ``pid`` is the container's init.
+        """
+        found = self.docker(container_id) if runtime in (DOCKER, UNKNOWN) else None
+        if found is None:
+            found = self.bundle(container_id, pid)
+        if found is None or POD_NAME not in found.labels:
+            logged = self.from_logs(container_id, pod_uid)
+            if logged is not None:
+                extra = found.labels if found is not None else {}
+                mode = found.network_mode if found is not None else "default"
+                return replace(logged, labels={**extra, **logged.labels}, network_mode=mode)
+        if found is None:
+            found = Identity(name=container_id[:12], source="cgroup")
+        if found.name in ("", container_id[:12]):
+            found = replace(found, name=self.storage_name(container_id) or container_id[:12])
+        if pod_uid and not found.labels.get(POD_UID):
+            found = replace(found, labels={**found.labels, POD_UID: pod_uid})
+        return found

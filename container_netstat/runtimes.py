@@ -1,0 +1,239 @@
+"""Discovery backends: where the list of running containers comes from.
+
+Every backend gives the same ``Container`` records; ``collect`` does not know which
+one ran. A backend may fill ``Container.pid``, which the pid resolver then uses
+after the usual check that ``/proc/<pid>/cgroup`` names the container.
+
+- ``docker``: one ``GET /containers/json`` on the Docker Engine API (discovery.py).
+- ``podman``: the same call on Podman's Docker-compatible socket
+  (``podman system service``; rootful ``/run/podman/podman.sock``). That list has no
+  pids and Podman keeps no cgroup the Docker resolver knows, so pids come from one
+  scan of ``/proc/*/cgroup`` (cgroups.py), with inspect as the fallback.
+- ``proc``: no runtime API at all. One scan of ``/proc/*/cgroup`` finds every process
+  in a container cgroup (Docker, containerd, CRI-O, Podman; cgroup v1 and v2; cgroupfs
+  and systemd drivers); the container's init is the member whose parent is outside the
+  container. Names and Kubernetes labels come from files on the node (ondisk.py).
+  Containers that share a network namespace are grouped by ``collect`` as always.
+- ``auto``: ``docker`` when Docker is configured (``--docker-host``, ``DOCKER_HOST``)
+  or its socket exists, else ``podman`` when ``CONTAINER_HOST`` is set or Podman's
+  rootful socket exists, else ``proc``. A socket that exists but does not answer is
+  an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+
+from container_netstat import cgroups, discovery
+from container_netstat.discovery import Container
+from container_netstat.errors import ContainerNetstatError
+from container_netstat.ondisk import NodeFiles
+from container_netstat.procfs import ProcFS
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "docker", "podman", "proc")
+DOCKER_SOCKET = "/var/run/docker.sock"  # the Docker CLI's and SDK's default
+PODMAN_SOCKET = "/run/podman/podman.sock"  # rootful `podman system service`
+
+Inspect = Callable[[str], Optional[int]]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the host's /proc, /run and /var are seen from here."""
+
+    proc_root: str = "/proc"
+    run_root: str = "/run"
+    var_root: str = "/var"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A process found in a container's cgroup."""
+
+    pid: int
+    owner: cgroups.CgroupOwner
+
+
+def _pids(proc: ProcFS) -> List[int]:
+    try:
+        return [int(e) for e in os.listdir(proc.root) if e.isdigit()]
+    except OSError as err:
+        raise ContainerNetstatError(f"{proc.root}: cannot list processes: {err.strerror or err}") from err
+
+
+def scan(proc: ProcFS) -> Dict[str, List[Member]]:
+    """Container id -> its processes, from one pass over ``/proc/*/cgroup``.
+
+    Processes that exit during the scan are skipped. Many processes share one cgroup
+    text, so each distinct text is parsed once.
+    """
+    parsed: Dict[str, Optional[cgroups.CgroupOwner]] = {}
+    found: Dict[str, List[Member]] = {}
+    for pid in _pids(proc):
+        try:
+            text = proc.read_cgroup(pid)
+        except ContainerNetstatError:
+            continue
+        if text not in parsed:
+            parsed[text] = cgroups.parse(text)
+        owner = parsed[text]
+        if owner is not None:
+            found.setdefault(owner.id, []).append(Member(pid, owner))
+    return found
+
+
+def init_member(proc: ProcFS, members: Sequence[Member]) -> Member:
+    """The container's init: the member whose parent (the runtime's shim) is outside the container.
+
+    Short-lived children come and go and a reused pid can be lower than the init's,
+    so the lowest pid is only the answer when no parent says otherwise.
+    """
+    ordered = sorted(members, key=lambda m: m.pid)
+    if len(ordered) == 1:
+        return ordered[0]
+    inside = {m.pid for m in ordered}
+    for member in ordered[:32]:
+        parent = proc.parent_pid(member.pid)
+        if parent is not None and parent not in inside:
+            return member
+    return ordered[0]
+
+
+class Backend(Protocol):
+    """Running containers in, the same records out, whatever the runtime."""
+
+    name: str
+    where: str  # for messages: the API address, or the proc root
+
+    def containers(self) -> List[Container]: ...
+
+    def inspector(self) -> Optional[Inspect]: ...
+
+    def version(self) -> Dict[str, str]: ...
+
+
+class DockerBackend:
+    """The Docker Engine API: one list call; pids from cgroups, pid files, then inspect."""
+
+    name = "docker"
+
+    def __init__(self, environment: Mapping[str, str], timeout: float) -> None:
+        self.environment = dict(environment)
+        self.timeout = timeout
+        self.where = self.environment.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
+        self._client: Optional[object] = None
+
+    def _connect(self):  # type: ignore[no-untyped-def]
+        if self._client is None:
+            self._client = discovery.connect(self.environment, self.timeout)
+        return self._client
+
+    def containers(self) -> List[Container]:
+        return discovery.list_containers(self._connect())
+
+    def inspector(self) -> Optional[Inspect]:
+        return discovery.inspector(self._connect())  # type: ignore[no-any-return]
+
+    def version(self) -> Dict[str, str]:
+        return discovery.server_version(self._connect())
+
+
+class PodmanBackend(DockerBackend):
+    """Podman's Docker-compatible API; pids from a /proc scan, since Podman's list has none."""
+
+    name = "podman"
+
+    def __init__(self, address: str, timeout: float, proc: ProcFS) -> None:
+        super().__init__({"DOCKER_HOST": address}, timeout)
+        self.where = address
+        self.proc = proc
+
+    def containers(self) -> List[Container]:
+        listed = super().containers()
+        members = scan(self.proc)
+        out: List[Container] = []
+        for container in listed:
+            found = members.get(container.id)
+            if found:
+                out.append(replace(container, pid=init_member(self.proc, found).pid))
+            else:
+                out.append(container)
+        return out
+
+
+class ProcBackend:
+    """No runtime API: containers from /proc/*/cgroup, named from the node's files."""
+
+    name = "proc"
+
+    def __init__(self, paths: Paths, proc: Optional[ProcFS] = None) -> None:
+        self.paths = paths
+        self.proc = proc or ProcFS(paths.proc_root)
+        self.where = f"{paths.proc_root} (no runtime API)"
+
+    def containers(self) -> List[Container]:
+        files = NodeFiles(self.paths.run_root, self.paths.var_root, self.paths.proc_root, self.proc.parent_pid)
+        out: List[Container] = []
+        for container_id, members in scan(self.proc).items():
+            init = init_member(self.proc, members)
+            owner = init.owner
+            identity = files.identify(container_id, owner.runtime, owner.pod_uid, init.pid)
+            log.debug("container %s: %s runtime, pid %d, named from %s",
+                      container_id[:12], owner.runtime or "unknown", init.pid, identity.source)
+            out.append(Container(
+                id=container_id,
+                name=identity.name or container_id[:12],
+                network_mode=identity.network_mode,
+                labels=identity.labels,
+                pid=init.pid,
+            ))
+        return sorted(out, key=lambda c: c.name)
+
+    def inspector(self) -> Optional[Inspect]:
+        return None
+
+    def version(self) -> Dict[str, str]:
+        return {"server_version": "", "api_version": ""}
+
+
+def choose(
+    runtime: str,
+    environment: Mapping[str, str],
+    timeout: float,
+    paths: Paths,
+    docker_host: Optional[str] = None,
+    exists: Callable[[str], bool] = os.path.exists,
+) -> Backend:
+    """The backend for ``--runtime``; see the module docstring for what ``auto`` picks."""
+    env = dict(environment)
+    if docker_host:
+        env["DOCKER_HOST"] = docker_host
+    proc = ProcFS(paths.proc_root)
+    podman_address = docker_host or env.get("CONTAINER_HOST") or f"unix://{PODMAN_SOCKET}"
+    if runtime == "docker":
+        return DockerBackend(env, timeout)
+    if runtime == "podman":
+        return PodmanBackend(podman_address, timeout, proc)
+    if runtime == "proc":
+        return ProcBackend(paths, proc)
+    if runtime != "auto":
+        raise ValueError(f"unknown runtime {runtime!r}")
+    if env.get("DOCKER_HOST"):
+        log.debug("runtime: docker (DOCKER_HOST or --docker-host is set)")
+        return DockerBackend(env, timeout)
+    if exists(DOCKER_SOCKET):
+        log.debug("runtime: docker (%s exists)", DOCKER_SOCKET)
+        return DockerBackend(env, timeout)
+    if env.get("CONTAINER_HOST") or exists(PODMAN_SOCKET):
+        log.debug("runtime: podman (%s)", podman_address)
+        return PodmanBackend(podman_address, timeout, proc)
+    log.warning(
+        "no Docker or Podman socket (%s, %s): reading containers from %s instead (--runtime proc)",
+        DOCKER_SOCKET, PODMAN_SOCKET, paths.proc_root,
+    )
+    return ProcBackend(paths, proc)
