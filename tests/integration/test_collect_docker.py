@@ -236,7 +236,7 @@ def test_pid_vanishing_after_resolution_is_skipped(run_container: Any, caplog) -
     leaves.wait(timeout=30)
 
     class Stale(PidResolver):
-        def resolve(self, containers):  # the pid was found just before the exit
+        def resolve(self, containers, known=None):  # the pid was found just before the exit
             return resolved
 
     snapshot = collecting.collect(listed, Stale(proc), proc)
