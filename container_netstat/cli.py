@@ -35,27 +35,32 @@ ENV_PREFIX = "CONTAINER_NETSTAT"
 DEFAULT_FALCON_URL = "http://127.0.0.1:1988/v1/push"
 
 
-class _Quantity(click.ParamType):
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_quantity(text: str, units: Dict[str, int]) -> int:
     """An integer with an optional unit: durations 90, 90s, 30m, 12h, 1d; sizes 500K, 64M, 1G."""
-
-    def __init__(self, name: str, units: Dict[str, int]) -> None:
-        self.name = name
-        self.units = units
-
-    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().lower()
-        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = text[len(digits):]
-        if not digits.isdigit() or unit not in self.units:
-            self.fail(f"{value!r}: expected a number with an optional unit ({', '.join(u for u in self.units if u)})",
-                      param, ctx)
-        return int(digits) * self.units[unit]
+    value = text.strip().lower()
+    digits = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(digits):]
+    if not digits.isdigit() or unit not in units:
+        raise ValueError(f"{text!r}: expected a number with an optional unit ({', '.join(u for u in units if u)})")
+    return int(digits) * units[unit]
 
 
-DURATION = _Quantity("duration", {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400})
-SIZE = _Quantity("size", {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3})
+def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_quantity(str(value), DURATION_UNITS)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+def _bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_quantity(str(value), SIZE_UNITS)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -142,9 +147,9 @@ def main() -> None:
               help="Where undelivered batches wait (mode 0700); also holds the lock that keeps two runs "
               "apart. Default: /var/spool/container-netstat for root, else "
               "$XDG_STATE_HOME/container-netstat (~/.local/state/container-netstat).")
-@click.option("--spool-max-age", type=DURATION, default="1d", show_default=True,
+@click.option("--spool-max-age", default="1d", show_default=True, metavar="DURATION", callback=_seconds,
               help="Drop spooled batches collected longer ago than this (90s, 30m, 12h, 1d).")
-@click.option("--spool-max-bytes", type=SIZE, default="64M", show_default=True,
+@click.option("--spool-max-bytes", default="64M", show_default=True, metavar="SIZE", callback=_bytes,
               help="Drop the oldest spooled batches beyond this size (500K, 64M, 1G).")
 def collect(
     dry_run: bool,
