@@ -1,0 +1,132 @@
+"""The proc backend on Docker containers gives the same report as the Docker backend.
+
+Same containers, two discovery paths: one ``GET /containers/json`` against one scan of
+/proc/*/cgroup named from Docker's own config.v2.json. Every item of this test's
+containers must match, value for value (the workloads are held still while both run).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from conftest import TEST_LABEL, in_netns, pid_of
+
+pytestmark = pytest.mark.docker
+
+BENCH_LABEL = "container-netstat-bench=1"
+
+HOLD = r"""
+import socket, time
+srv = socket.socket(socket.AF_INET6)
+srv.bind(("::", 8080)); srv.listen(64)
+held = []
+for _ in range({n}):
+    held.append(socket.create_connection(("127.0.0.1", 8080)))
+    held.append(srv.accept()[0])
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+TIME_WAIT = r"""
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
+for _ in range({m}):
+    c = socket.create_connection(srv.getsockname())
+    a, _ = srv.accept()
+    c.close()
+    a.recv(1); a.close()
+"""
+
+
+def run(*args: str) -> Tuple[List[Dict[str, Any]], str]:
+    result = subprocess.run([sys.executable, "-m", "container_netstat", "collect", "--dry-run", *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), result.stderr
+
+
+def comparable(items: List[Dict[str, Any]]) -> Dict[Tuple[str, str], Any]:
+    """(tags, metric) -> value for container items and the collector's own counts."""
+    return {
+        (i["tags"], i["metric"]): i["value"]
+        for i in items
+        if i["tags"] or i["metric"] in ("container.net.collector.containers", "container.net.collector.namespaces")
+    }
+
+
+@pytest.fixture
+def holders() -> Any:
+    procs: List[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture
+def bridge(docker_client: Any) -> Any:
+    """A bridge network of the test's own (docker0 may be missing on a busy test host)."""
+    network = docker_client.networks.create(f"cnt-proc-{id(docker_client) % 100000}", driver="bridge",
+                                            labels={TEST_LABEL: "proc-backend"})
+    yield network
+    network.remove()
+
+
+def test_proc_backend_reports_what_the_docker_backend_reports(
+    bridge: Any, run_container: Any, holders: List[Any]  # the network first: it goes last
+) -> None:
+    pod = {"io.kubernetes.pod.name": "web-1", "io.kubernetes.pod.namespace": "shop"}
+    server = run_container(name="server", network_mode="none")
+    run_container(name="joiner", network_mode=f"container:{server.id}")
+    sandbox = run_container(name="k8s_POD", network_mode="none",
+                            labels={**pod, "io.kubernetes.docker.type": "podsandbox",
+                                    "io.kubernetes.container.name": "POD"})
+    app = run_container(name="k8s_app", network_mode=f"container:{sandbox.id}",
+                        labels={**pod, "io.kubernetes.docker.type": "container",
+                                "io.kubernetes.container.name": "app"})
+    bridged = run_container(name="bridged", network=bridge.name)
+    run_container(name="hostnet", network_mode="host")
+    for container, n in ((server, 3), (app, 2), (bridged, 1)):
+        proc = in_netns(pid_of(container), HOLD.format(n=n), background=True)
+        assert proc.stdout.readline().strip() == "ready"
+        holders.append(proc)
+    in_netns(pid_of(bridged), TIME_WAIT.format(m=4))
+
+    label = f"{TEST_LABEL}={server.labels[TEST_LABEL]}"
+    via_docker, _ = run("--runtime", "docker", "--include", label, "--tcp-states")
+    via_proc, err = run("--runtime", "proc", "--include", label, "--tcp-states", "--log-level", "debug")
+    docker_view, proc_view = comparable(via_docker), comparable(via_proc)
+    assert proc_view == docker_view
+    tags = {t for t, _ in docker_view if t}
+    assert tags == {f"container={server.name}", "namespace=shop,pod=web-1", f"container={bridged.name}"}
+    assert docker_view[("namespace=shop,pod=web-1", "container.net.tcp.established")] == 4
+    assert docker_view[("", "container.net.collector.containers")] == 6
+    assert "named from docker config.v2.json" in err
+    assert "host network" in err
+
+
+def test_proc_backend_on_the_benchmark_fleet_finds_the_same_namespaces(docker_client: Any) -> None:
+    """On the benchmark fleet (benchmarks/fleet.py), when one runs: same series, same counts."""
+    fleet = docker_client.containers.list(filters={"label": BENCH_LABEL})
+    if len(fleet) < 10:
+        pytest.skip("no benchmark fleet running (python benchmarks/fleet.py up 300)")
+    def series(runtime: str) -> Dict[Tuple[str, str], Any]:
+        return comparable(run("--runtime", runtime, "--include", BENCH_LABEL)[0])
+
+    # The fleet's clients make new connections all the time, and the fleet itself may be
+    # resized by its owner: compare the series and the counts, with Docker's view taken
+    # before and after the proc run and equal both times.
+    for _ in range(3):
+        before, proc_view, after = series("docker"), series("proc"), series("docker")
+        if set(before) == set(after):
+            break
+    else:
+        pytest.skip("the benchmark fleet kept changing during the comparison")
+    assert set(proc_view) == set(before)
+    for key in (("", "container.net.collector.containers"), ("", "container.net.collector.namespaces")):
+        assert proc_view[key] == before[key] == after[key]
