@@ -178,10 +178,19 @@ def down(cli: Optional[docker.DockerClient] = None, workers: int = 4) -> int:
     return len(ids)
 
 
-def up(n: int, workers: int = 4, period: int = 10, quiet: bool = False) -> float:
-    """Replace any previous fleet with one of ``n`` running containers; returns seconds taken."""
+def up(n: int, workers: int = 4, period: int = 10, quiet: bool = False, reuse: bool = False) -> float:
+    """Replace any previous fleet with one of ``n`` running containers; returns seconds taken.
+
+    With ``reuse``, a fleet that already has exactly the planned containers running is kept.
+    """
     cli = client()
     start = time.monotonic()
+    if reuse:
+        wanted = {s.name for s in plan(n, period) if s.role != "exited"}
+        running = {c["Names"][0].lstrip("/") for c in bench_containers(cli.api, stopped=False)}
+        if running == wanted:
+            _prepare_control_dir()
+            return 0.0
     removed = down(cli, workers)
     if removed and not quiet:
         print(f"fleet: removed {removed} old containers", file=sys.stderr)
@@ -235,13 +244,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     p_up.add_argument("n", type=int)
     p_up.add_argument("--workers", type=int, default=4, help="containers created at once (default 4)")
     p_up.add_argument("--period", type=int, default=10, help="seconds between request rounds (default 10)")
+    p_up.add_argument("--reuse", action="store_true", help="keep a fleet that already has these containers")
     sub.add_parser("down", help="remove every benchmark container and network")
     sub.add_parser("status", help="count benchmark containers by role and state")
     p_mode = sub.add_parser("mode", help="set the request loop's mode")
     p_mode.add_argument("mode", choices=["run", "hold", "burst"])
     args = parser.parse_args(argv)
     if args.command == "up":
-        up(args.n, args.workers, args.period)
+        up(args.n, args.workers, args.period, reuse=args.reuse)
     elif args.command == "down":
         print(f"fleet: removed {down()} containers", file=sys.stderr)
     elif args.command == "status":

@@ -207,9 +207,9 @@ def check(commands: Dict[str, List[str]], dockerd: int, workdir: str, log) -> Di
 
 
 def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workdir: str,
-          do_check: bool, settle: float, log) -> Dict[str, object]:
+          do_check: bool, settle: float, log, reuse: bool = False) -> Dict[str, object]:
     log(f"N={n}: bringing up the fleet")
-    took = fleet.up(n, quiet=True)
+    took = fleet.up(n, quiet=True, reuse=reuse)
     log(f"N={n}: fleet up in {took:.0f} s")
     checked = check(commands, dockerd, workdir, log) if do_check else None
     log(f"N={n}: letting traffic run for {settle:.0f} s")
@@ -217,6 +217,7 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
     for name, command in commands.items():  # warm the page cache and .pyc files
         timed(command, dockerd, os.devnull)
     idle = idle_rate(dockerd)
+    load_before = _loadavg()
     names = list(commands)
     results: Dict[str, List[Run]] = {name: [] for name in names}
     for r in range(runs):
@@ -224,6 +225,8 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
         for name in order:
             results[name].append(timed(commands[name], dockerd, os.path.join(workdir, f"{name}.json")))
     summaries = [summarize(name, n, results[name], idle) for name in names]
+    load = (load_before + _loadavg()) / 2
+    log(f"N={n}: load average {load:.2f} while timing (2 cores; the fleet and anything else running count)")
     listed = _listed(os.path.join(workdir, "container-netstat.json"))
     for s in summaries:
         log(f"N={n} {s.collector:18s} wall {s.wall_median * 1000:7.0f} ms  cpu {s.cpu_median * 1000:7.0f} ms  "
@@ -233,10 +236,16 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
         "listed": listed,
         "fleet_up_s": round(took, 1),
         "dockerd_idle_ticks_per_s": idle,
+        "loadavg_1min": round(load, 2),
         "check": checked,
         "summaries": [asdict(s) for s in summaries],
         "runs": {name: [asdict(r) for r in rs] for name, rs in results.items()},
     }
+
+
+def _loadavg() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
 
 def _listed(path: str) -> Optional[int]:
@@ -288,6 +297,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--settle", type=float, default=15, help="seconds of traffic before timing (default 15)")
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the equality check")
     parser.add_argument("--keep", action="store_true", help="leave the last fleet running")
+    parser.add_argument("--reuse", action="store_true", help="keep a running fleet of the right size")
     parser.add_argument("--json", metavar="FILE", help="write every run's figures to FILE")
     parser.add_argument("--tool", metavar="CMD",
                         help="the command to time (default: container-netstat collect --dry-run, "
@@ -308,7 +318,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     results: List[Dict[str, object]] = []
     try:
         for n in sizes:
-            results.append(bench(n, args.runs, commands, dockerd, workdir, args.check, args.settle, log))
+            results.append(bench(n, args.runs, commands, dockerd, workdir, args.check, args.settle, log, args.reuse))
             if args.json:
                 _save(args.json, results, commands)
     finally:
