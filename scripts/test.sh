@@ -6,6 +6,23 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup-docker.sh --image
 
+# Components the tests drive for real, from Debian's packages, by the command they provide.
+declare -A provides=(
+  [cron]=cron
+  [logger]=bsdutils
+  [timeout]=coreutils
+  [setpriv]=util-linux
+)
+missing=()
+for cmd in "${!provides[@]}"; do
+  command -v "$cmd" >/dev/null || missing+=("${provides[$cmd]}")
+done
+if ((${#missing[@]})); then
+  echo "test: installing ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+
 VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
