@@ -105,6 +105,7 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> b
 
     helps = _help_texts()
     grouped: Dict[Tuple[str, str], Dict[Tuple[Tuple[str, str], ...], int]] = {}
+    duplicated: Dict[Tuple[Tuple[str, str], ...], None] = {}
     for sample in samples:
         named: Dict[str, str] = {}
         for key, value in sorted(sample.tags):
@@ -112,9 +113,12 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> b
         labels = tuple(sorted(named.items()))
         series = grouped.setdefault((sample.metric, sample.counter_type), {})
         if labels in series:
-            log.warning("%s%s: duplicate series, kept the first", sample.metric, dict(labels))
+            duplicated[labels] = None
             continue
         series[labels] = sample.value
+    for labels in duplicated:
+        text = ",".join(f"{k}={v!r}" for k, v in labels)
+        log.warning("%s: two namespaces with these labels; the series of the first only are written", text)
     families: List[object] = []
     for (falcon_name, counter_type), series in sorted(grouped.items()):
         names = sorted({k for labels in series for k, _ in labels})

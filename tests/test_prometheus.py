@@ -128,7 +128,7 @@ def test_a_duplicate_series_is_dropped_with_a_warning(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="container_netstat"):
         rows = parse(render(samples))["container_netstat_tcp_inuse"][2]
     assert [value for _, _, value, _ in rows] == [1]
-    assert "duplicate series" in caplog.text
+    assert caplog.text.count("two namespaces with these labels") == 1
 
 
 def test_output_is_stable_whatever_the_sample_order() -> None:
@@ -294,3 +294,18 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path: Path) -> None:
     assert not errors
     assert path.read_bytes() in payloads
     assert os.listdir(tmp_path) == ["x.prom"]
+
+
+# -- documentation ----------------------------------------------------------------------------------
+
+
+def test_every_series_name_is_documented_with_its_closest_cadvisor_series() -> None:
+    root = Path(__file__).parent.parent
+    text = "".join(p.read_text() for p in (root / "README.rst", root / "docs-outputs.rst") if p.exists())
+    names = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
+             for m in metrics.NETNS_METRICS + metrics.HOST_METRICS if not m.name.startswith("tcp.state.")}
+    names |= {prometheus.metric_name(metrics.PREFIX + n) for n, _ in metrics.COLLECTOR_METRICS}
+    names.add(prometheus.TIMESTAMP_METRIC)
+    missing = sorted(n for n in names if f"``{n}``" not in text)
+    assert not missing
+    assert "``container_netstat_tcp_state_<state>``" in text
