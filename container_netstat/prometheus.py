@@ -108,8 +108,8 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> b
     duplicated: Dict[Tuple[Tuple[str, str], ...], None] = {}
     for sample in samples:
         named: Dict[str, str] = {}
-        for key, value in sorted(sample.tags):
-            named.setdefault(label_name(key), label_value(value))
+        for key, text in sorted(sample.tags):
+            named.setdefault(label_name(key), label_value(text))
         labels = tuple(sorted(named.items()))
         series = grouped.setdefault((sample.metric, sample.counter_type), {})
         if labels in series:
@@ -117,17 +117,17 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> b
             continue
         series[labels] = sample.value
     for labels in duplicated:
-        text = ",".join(f"{k}={v!r}" for k, v in labels)
-        log.warning("%s: two namespaces with these labels; the series of the first only are written", text)
+        shown = ",".join(f"{k}={v!r}" for k, v in labels)
+        log.warning("%s: two namespaces with these labels; the series of the first only are written", shown)
     families: List[object] = []
     for (falcon_name, counter_type), series in sorted(grouped.items()):
         names = sorted({k for labels in series for k, _ in labels})
         help_text = helps.get(falcon_name, falcon_name)
         kind = CounterMetricFamily if counter_type == metrics.COUNTER else GaugeMetricFamily
         family = kind(metric_name(falcon_name), help_text, labels=names)
-        for labels, value in sorted(series.items()):
+        for labels, number in sorted(series.items()):
             present: Mapping[str, str] = dict(labels)
-            family.add_metric([present.get(n, "") for n in names], value)
+            family.add_metric([present.get(n, "") for n in names], number)
         families.append(family)
     if collected_at is not None:
         families.append(GaugeMetricFamily(
