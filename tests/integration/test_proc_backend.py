@@ -8,6 +8,7 @@ containers must match, value for value (the workloads are held still while both 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any, Dict, List, Tuple
@@ -130,3 +131,18 @@ def test_proc_backend_on_the_benchmark_fleet_finds_the_same_namespaces(docker_cl
     assert set(proc_view) == set(before)
     for key in (("", "container.net.collector.containers"), ("", "container.net.collector.namespaces")):
         assert proc_view[key] == before[key] == after[key]
+
+
+def test_auto_on_a_host_without_runtime_sockets_reads_proc_and_says_so_once(run_container: Any) -> None:
+    """The README's first command on a machine with no Docker or Podman socket still reports."""
+    lone = run_container(name="lone", network_mode="none")
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "CONTAINER_HOST")}
+    # a private mount namespace whose /run (and so /var/run/docker.sock) is an empty tmpfs
+    script = f"mount -t tmpfs tmpfs /run && exec {sys.executable} -m container_netstat collect --dry-run"
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    fallback = [line for line in result.stderr.splitlines() if "--runtime proc" in line]
+    assert len(fallback) == 1 and "reading containers from /proc instead" in fallback[0]
+    tags = {item["tags"] for item in json.loads(result.stdout)}
+    assert f"container={lone.name}" in tags
