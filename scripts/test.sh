@@ -12,6 +12,8 @@ declare -A provides=(
   [logger]=bsdutils
   [timeout]=coreutils
   [setpriv]=util-linux
+  [promtool]=prometheus
+  [prometheus-node-exporter]=prometheus-node-exporter
 )
 missing=()
 for cmd in "${!provides[@]}"; do
