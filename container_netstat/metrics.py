@@ -31,7 +31,7 @@ from container_netstat.collect import (
     Snapshot,
     Tags,
 )
-from container_netstat.errors import ContainerNetstatError
+from container_netstat.errors import ContainerNetstatError, ParseError
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def netns_samples(ns: NetnsStats, scopes: Mapping[str, str], groups: AbstractSet
             continue
         try:
             value = m.get(ns.readings)
-        except procnet.ParseError:
+        except ParseError:
             if m.optional:
                 continue  # this kernel does not have the counter
             raise
