@@ -164,9 +164,10 @@ def parse_container_log(name: str) -> Optional[Tuple[str, str, str, str]]:
 
 
 def _read(path: str) -> Optional[str]:
+    """The whole file (a cut JSON document would not parse), or None if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            return f.read(4 * 1024 * 1024).decode("utf-8", errors="replace")
+            return f.read().decode("utf-8", errors="replace")
     except OSError:
         return None
 
@@ -224,7 +225,8 @@ class NodeFiles:
         through its shim's working directory (the parent of the container's init ``pid``)."""
         paths = self._bundle_paths(container_id)
         shim = self.parent_of(pid) if pid and self.parent_of else None
-        if shim:
+        # Only a containerd shim runs in the bundle; conmon and others run anywhere.
+        if shim and (_read(os.path.join(self.proc_root, str(shim), "comm")) or "").startswith("containerd-shim"):
             paths.append((os.path.join(self.proc_root, str(shim), "cwd", "config.json"), "shim bundle"))
         for path, source in paths:
             text = _read(path)

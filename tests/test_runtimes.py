@@ -34,11 +34,12 @@ class Host:
         self.paths = Paths(str(root / "proc"), str(root / "run"), str(root / "var"))
         (root / "proc").mkdir()
 
-    def process(self, pid: int, cgroup: str, ppid: int = 1, cwd: Optional[Path] = None) -> None:
+    def process(self, pid: int, cgroup: str, ppid: int = 1, cwd: Optional[Path] = None, comm: str = "sh") -> None:
         d = self.root / "proc" / str(pid)
         d.mkdir()
         (d / "cgroup").write_text(cgroup)
-        (d / "stat").write_text(f"{pid} (sh) S {ppid} {pid} {pid} 0 -1\n")
+        (d / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1\n")
+        (d / "comm").write_text(comm + "\n")
         if cwd is not None:
             os.symlink(cwd, d / "cwd")
 
@@ -164,10 +165,20 @@ def test_bundle_found_through_the_shim_working_directory(host: Host, tmp_path: P
     # A containerd whose state lives elsewhere: the shim (the init's parent) runs in the bundle.
     odd = "7" * 64
     bundle = host.bundle(f"elsewhere/state/io.containerd.runtime.v2.task/cntest/{odd}", CRI_SANDBOX).parent
-    host.process(809, v1("/system.slice/containerd.service"), cwd=bundle)
+    host.process(809, v1("/system.slice/containerd.service"), cwd=bundle, comm="containerd-shim")
     host.process(810, v1(f"/kubepods/besteffort/pod{UID}/{odd}"), ppid=809)
     got = by_id(runtimes.ProcBackend(host.paths).containers())
     assert got[odd].pod == ("shop", "web-7d4b9") and got[odd].is_sandbox
+
+
+def test_only_a_containerd_shim_working_directory_is_taken_for_a_bundle(host: Host) -> None:
+    # conmon (or anything else) runs wherever it was started: its directory says nothing.
+    odd = "6" * 64
+    elsewhere = host.bundle("home/someone/project", CRI_SANDBOX).parent
+    host.process(819, v1("/libpod_parent/conmon"), cwd=elsewhere, comm="conmon")
+    host.process(820, v1(f"/libpod_parent/libpod-{odd}"), ppid=819)
+    got = by_id(runtimes.ProcBackend(host.paths).containers())
+    assert got[odd].pod is None and got[odd].name == odd[:12]
 
 
 def test_kubelet_log_dirs_name_a_pod_without_annotations(host: Host) -> None:
