@@ -53,6 +53,14 @@ def collectors(tool: Optional[str] = None) -> Dict[str, List[str]]:
     }
 
 
+# Not collectors: the start-up that any Python tool pays, and what the agreed packages add to it.
+# The floor plus the second, less the first, is the best a tool built on them can do.
+STARTUP = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "import docker, click": [sys.executable, "-c", "import logging, docker, click"],
+}
+
+
 def dockerd_pid() -> int:
     for path in ("/var/run/docker.pid", "/run/docker.pid"):
         try:
@@ -226,6 +234,7 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
     took = fleet.up(n, quiet=True, reuse=reuse)
     log(f"N={n}: fleet up in {took:.0f} s")
     checked = check(commands, dockerd, workdir, log) if do_check else None
+    commands = {**commands, **STARTUP}
     log(f"N={n}: letting traffic run for {settle:.0f} s")
     time.sleep(settle)
     for name, command in commands.items():  # warm the page cache and .pyc files
@@ -243,7 +252,7 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
     log(f"N={n}: load average {load:.2f} while timing (2 cores; the fleet and anything else running count)")
     listed = _listed(os.path.join(workdir, "container-netstat.json"))
     for s in summaries:
-        log(f"N={n} {s.collector:18s} wall {s.wall_median * 1000:7.0f} ms  cpu {s.cpu_median * 1000:7.0f} ms  "
+        log(f"N={n} {s.collector:20s} wall {s.wall_median * 1000:7.0f} ms  cpu {s.cpu_median * 1000:7.0f} ms  "
             f"rss {s.rss_median_mib:5.1f} MiB  dockerd {s.dockerd_ms_per_run:6.1f} ms/run  exit {s.exit_codes}")
     return {
         "n": n,
@@ -282,15 +291,53 @@ def table(results: List[Dict[str, object]]) -> str:
                          f"{s['cpu_median'] * 1000:.0f} ms", f"{s['rss_median_mib']:.1f} MiB",
                          f"{s['dockerd_ms_per_run']:.1f} ms"))
     text = _grid(rows)
-    if len(results) >= 2:
-        lo, hi = results[0], results[-1]
+    lo = results[0]
+    for hi in results[1:]:
         span = (hi["listed"] or hi["n"]) - (lo["listed"] or lo["n"])  # type: ignore[operator]
-        slope = [("collector", f"wall per container (N {lo['n']}->{hi['n']})", "CPU per container")]
+        slope = [("collector", f"wall per container, N {lo['n']} -> {hi['n']}", "CPU per container")]
         for a, b in zip(lo["summaries"], hi["summaries"]):  # type: ignore[arg-type]
             slope.append((a["collector"], f"{(b['wall_median'] - a['wall_median']) / span * 1000:.3f} ms",
                           f"{(b['cpu_median'] - a['cpu_median']) / span * 1000:.3f} ms"))
         text += "\n" + _grid(slope)
     return text
+
+
+def targets(results: List[Dict[str, object]], at: int = 300, base: int = 30) -> str:
+    """The issue's targets at N=``at`` (slope from N=``base``), each with its figure and a verdict."""
+    by_n = {r["n"]: {s["collector"]: s for s in r["summaries"]} for r in results}  # type: ignore[union-attr]
+    if at not in by_n:
+        return ""
+    ours, naive, floor = (by_n[at][c] for c in ("container-netstat", "naive", "floor"))
+    rows = [("target", "figure", "met")]
+
+    def row(name: str, figure: str, ok: bool) -> None:
+        rows.append((name, figure, "yes" if ok else "NO"))
+
+    wall = naive["wall_median"] / ours["wall_median"]
+    cpu = naive["cpu_median"] / ours["cpu_median"]
+    row(f"N={at}: wall >= 2.5x less than naive", f"{wall:.2f}x", wall >= 2.5)
+    row(f"N={at}: CPU >= 2x less than naive", f"{cpu:.2f}x", cpu >= 2)
+    if all(k in by_n[at] for k in STARTUP):
+        start, imports = (by_n[at][k] for k in STARTUP)
+        for what, key in (("wall", "wall_median"), ("CPU", "cpu_median")):
+            best = floor[key] + imports[key] - start[key]
+            rows.append((f"  bound: naive / (floor + SDK and click imports), {what}",
+                         f"{naive[key] / best:.2f}x", "-"))
+    if base in by_n:
+        listed = {r["n"]: (r["listed"] or r["n"]) for r in results}
+        span = listed[at] - listed[base]  # type: ignore[operator]
+
+        def slope(c: str) -> float:
+            return (by_n[at][c]["wall_median"] - by_n[base][c]["wall_median"]) / span * 1000
+
+        row(f"slope N={base}->{at} <= 0.5 ms per container", f"{slope('container-netstat'):.3f} ms",
+            slope("container-netstat") <= 0.5)
+        ratio = slope("naive") / max(slope("container-netstat"), 1e-9)
+        row("slope >= 10x smaller than naive's", f"{ratio:.1f}x", ratio >= 10)
+    daemon = ours["dockerd_ms_per_run"] / max(floor["dockerd_ms_per_run"], 1e-9)
+    row(f"N={at}: dockerd CPU <= 2x the floor's", f"{daemon:.2f}x", daemon <= 2)
+    row(f"N={at}: peak RSS <= 36 MiB", f"{ours['rss_median_mib']:.1f} MiB", ours["rss_median_mib"] <= 36)
+    return _grid(rows)
 
 
 def _grid(rows: List[Tuple[str, ...]]) -> str:
@@ -340,6 +387,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             log(f"removed {fleet.down()} benchmark containers")
         shutil.rmtree(workdir, ignore_errors=True)
     print(table(results))
+    print(targets(results))
     checks = [r["check"] for r in results if r["check"] is not None]
     if checks and not all(c["equal"] for c in checks):  # type: ignore[index]
         raise SystemExit("run.py: the collectors disagree (see above)")
