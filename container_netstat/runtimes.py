@@ -25,13 +25,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from container_netstat import cgroups, discovery
 from container_netstat.discovery import Container
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.ondisk import NodeFiles
 from container_netstat.procfs import ProcFS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import docker
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +146,9 @@ class DockerBackend:
         self.environment = dict(environment)
         self.timeout = timeout
         self.where = self.environment.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
-        self._client: Optional[object] = None
+        self._client: Optional["docker.DockerClient"] = None
 
-    def _connect(self):  # type: ignore[no-untyped-def]
+    def _connect(self) -> "docker.DockerClient":
         if self._client is None:
             self._client = discovery.connect(self.environment, self.timeout)
         return self._client
