@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import click
 
 from container_netstat import __version__
 
 if TYPE_CHECKING:
+    from container_netstat.metrics import Sample
     from container_netstat.push import Outcome
     from container_netstat.spool import Spool
 
@@ -32,6 +35,8 @@ EXIT_LOCKED = 7  # another run holds the spool's lock: this one did nothing
 EXIT_LOST = 8  # items neither delivered nor kept: spool unwritable, or over its bounds
 
 ENV_PREFIX = "CONTAINER_NETSTAT"
+OUTPUT_FORMATS = ("json", "prometheus", "table")
+SORT_COLUMNS = ("name", "estab", "inuse", "time_wait", "udp", "close_wait")  # table.SORT_KEYS
 DEFAULT_FALCON_URL = "http://127.0.0.1:1988/v1/push"
 
 
@@ -77,7 +82,6 @@ def _setup_logging(level: str) -> None:
     root = logging.getLogger("container_netstat")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    root.propagate = False
 
 
 def _parse_scopes(values: Tuple[str, ...]) -> Dict[str, str]:
@@ -88,6 +92,19 @@ def _parse_scopes(values: Tuple[str, ...]) -> Dict[str, str]:
             raise click.BadParameter(f"{value!r}: expected FIELD=netns or FIELD=host", param_hint="--field-scope")
         scopes[name.strip()] = scope.strip()
     return scopes
+
+
+GROUP_NAMES = ("basic", "counters", "states")
+
+
+def _parse_groups(value: str) -> "set[str]":
+    groups = {g.strip() for g in value.split(",") if g.strip()}
+    unknown = groups - set(GROUP_NAMES)
+    if unknown or not groups:
+        raise click.BadParameter(
+            f"{value!r}: choose from {', '.join(GROUP_NAMES)}", param_hint="--metrics"
+        )
+    return groups
 
 
 def _fail(code: int, message: str) -> "click.exceptions.Exit":
@@ -105,29 +122,102 @@ def main() -> None:
     """
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _source_options(f: F) -> F:
+    """The options of every command that reads containers: where from, and how to read them."""
+    options = [
+        click.option("--runtime", type=click.Choice(["auto", "docker", "podman", "proc"]), default="auto",
+                     show_default=True,
+                     help="Where the container list comes from: docker (Engine API); podman (its Docker-"
+                     "compatible socket: --docker-host, else CONTAINER_HOST, else /run/podman/podman.sock); "
+                     "proc (no API: /proc/*/cgroup, named from the runtimes' files under --run-root and "
+                     "--var-root); auto: docker if configured or its socket exists, else podman's socket, "
+                     "else proc."),
+        click.option("--docker-host", metavar="URL",
+                     help="Docker (or Podman) daemon address (unix:///var/run/docker.sock, tcp://host:2376). "
+                     "Default: DOCKER_HOST, then the local socket. DOCKER_TLS_VERIFY and DOCKER_CERT_PATH apply."),
+        click.option("--docker-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+                     help="Seconds to wait for each Docker API call."),
+        click.option("--proc-root", default="/proc", show_default=True, type=click.Path(file_okay=False),
+                     help="Where the host's /proc is mounted (e.g. /host/proc when run in a container)."),
+        click.option("--cgroup-root", default="/sys/fs/cgroup", show_default=True, type=click.Path(file_okay=False),
+                     help="Where the host's cgroup hierarchies are mounted; used to find container pids."),
+        click.option("--run-root", default="/run", show_default=True, type=click.Path(file_okay=False),
+                     help="The host's /run, where the container runtime keeps its pid files."),
+        click.option("--var-root", default="/var", show_default=True, type=click.Path(file_okay=False),
+                     help="The host's /var: --runtime proc names containers from lib/docker/containers, "
+                     "lib/containers/storage and the kubelet's log/pods and log/containers there."),
+        click.option("--field-scope", "field_scopes", multiple=True, metavar="FIELD=netns|host",
+                     help="Override whether a kernel-dependent sockstat field (tw, sockets_used) is per "
+                     "network namespace on this kernel (for backports). Repeatable."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a command reads containers from, as its options gave it."""
+
+    runtime: str
+    docker_host: Optional[str]
+    docker_timeout: float
+    proc_root: str
+    cgroup_root: str
+    run_root: str
+    var_root: str
+
+
+def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]",
+                   include: Tuple[str, ...] = (), exclude: Tuple[str, ...] = ()) -> "Tuple[Any, Any, Dict[str, str]]":
+    """Discover, resolve and read: (backend, snapshot, field scopes), or exit 3/4 with one line."""
+    from container_netstat import collect as collecting
+    from container_netstat import filters, metrics, runtimes
+    from container_netstat.errors import ContainerNetstatError, DockerUnavailable
+    from container_netstat.pids import PidResolver
+    from container_netstat.procfs import ProcFS
+
+    proc = ProcFS(source.proc_root)
+    paths = runtimes.Paths(source.proc_root, source.run_root, source.var_root)
+    backend = runtimes.choose(source.runtime, os.environ, source.docker_timeout, paths, source.docker_host)
+    try:
+        containers = filters.select(backend.containers(), include, exclude)
+        resolver = PidResolver(proc, source.cgroup_root, source.run_root, inspect=backend.inspector())
+        snapshot = collecting.collect(containers, resolver, proc, groups)
+        scopes = metrics.field_scopes(snapshot.host.kernel_release, overrides)
+    except DockerUnavailable as err:
+        raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {_redact(backend.where)}: {err}")
+    except ContainerNetstatError as err:
+        raise _fail(EXIT_PARTIAL, f"cannot read the host's /proc: {err}")
+    return backend, snapshot, scopes
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Print the JSON array on stdout instead of pushing it.")
-@click.option(
-    "--docker-host",
-    metavar="URL",
-    help="Docker daemon address (unix:///var/run/docker.sock, tcp://host:2376). "
-    "Default: DOCKER_HOST, then the local socket. DOCKER_TLS_VERIFY and DOCKER_CERT_PATH apply.",
-)
-@click.option("--docker-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait for each Docker API call.")
-@click.option("--proc-root", default="/proc", show_default=True, type=click.Path(file_okay=False),
-              help="Where the host's /proc is mounted (e.g. /host/proc when run in a container).")
-@click.option("--cgroup-root", default="/sys/fs/cgroup", show_default=True, type=click.Path(file_okay=False),
-              help="Where the host's cgroup hierarchies are mounted; used to find container pids.")
-@click.option("--run-root", default="/run", show_default=True, type=click.Path(file_okay=False),
-              help="The host's /run, where the container runtime keeps its pid files.")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default=None,
+              help="Print the snapshot on stdout instead of pushing it: json (the open-falcon array, as "
+              "--dry-run), prometheus (text exposition format) or table (one line per namespace).")
+@click.option("--textfile", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Write the snapshot in the Prometheus text format to PATH instead of pushing it, "
+              "atomically (temp file, rename), for node_exporter's textfile collector: name it *.prom.")
+@click.option("--sort", "sort_by", type=click.Choice(SORT_COLUMNS), default="inuse", show_default=True,
+              help="Row order of --format table: name, or a column, largest first (close_wait needs --tcp-states).")
+@_source_options
 @click.option("--endpoint", default=None, metavar="NAME",
               help="Endpoint of every item. Default: this host's name, as the falcon-agent uses.")
 @click.option("--step", type=click.IntRange(min=1), default=60, show_default=True,
               help="Seconds between runs, sent as each item's step.")
-@click.option("--field-scope", "field_scopes", multiple=True, metavar="FIELD=netns|host",
-              help="Override whether a kernel-dependent sockstat field (tw, sockets_used) is per "
-              "network namespace on this kernel (for backports). Repeatable.")
+@click.option("--metrics", "metric_groups", default="basic,counters", show_default=True, metavar="GROUPS",
+              help="Comma-separated metric groups: basic (sockstat/snmp gauges), counters (snmp/netstat "
+              "COUNTERs), states (per-state TCP counts from /proc/<pid>/net/tcp{,6}: costs 2-5 ms per namespace).")
+@click.option("--tcp-states", is_flag=True, help="Add the states group: per-state TCP counts and per-namespace orphans.")
+@click.option("--include", multiple=True, metavar="PATTERN",
+              help="Report only containers whose name matches this glob, or with label KEY=VALUE (glob). Repeatable.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Skip containers whose name matches this glob, or with label KEY=VALUE (glob). Repeatable.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="warning", show_default=True, help="Diagnostics on stderr at this level and above.")
 @click.option("--falcon-url", default=DEFAULT_FALCON_URL, show_default=True, metavar="URL",
@@ -153,14 +243,23 @@ def main() -> None:
               help="Drop the oldest spooled batches beyond this size (500K, 64M, 1G).")
 def collect(
     dry_run: bool,
+    output_format: Optional[str],
+    textfile: Optional[str],
+    sort_by: str,
+    runtime: str,
     docker_host: Optional[str],
     docker_timeout: float,
     proc_root: str,
     cgroup_root: str,
     run_root: str,
+    var_root: str,
+    field_scopes: Tuple[str, ...],
     endpoint: Optional[str],
     step: int,
-    field_scopes: Tuple[str, ...],
+    metric_groups: str,
+    tcp_states: bool,
+    include: Tuple[str, ...],
+    exclude: Tuple[str, ...],
     log_level: str,
     falcon_url: str,
     connect_timeout: float,
@@ -174,39 +273,30 @@ def collect(
     """Take one snapshot of every running container's network namespace.
 
     Reads /proc/<pid>/net/{sockstat,sockstat6,snmp} once per network namespace and
-    prints (--dry-run) or pushes an open-falcon JSON array. Exit codes: 0 ok,
-    2 usage, 3 Docker unreachable, 4 some containers could not be read, 5 not all
-    delivered (the rest is spooled), 6 payload rejected, 7 another run in progress,
-    8 items lost, 1 internal error.
+    prints (--dry-run) or pushes an open-falcon JSON array; --format prints it as
+    json, prometheus or table instead, --textfile writes it for node_exporter. Exit
+    codes: 0 ok, 2 usage, 3 Docker unreachable, 4 some containers could not be read,
+    5 not all delivered (the rest is spooled), 6 payload rejected, 7 another run in
+    progress, 8 items lost (or --textfile not written), 1 internal error.
     """
     finish_by = time.monotonic() + deadline
     _setup_logging(log_level)
     overrides = _parse_scopes(field_scopes)
-    spool = None if dry_run else _locked_spool(spool_dir, spool_max_age, spool_max_bytes)
+    groups = _parse_groups(metric_groups) | ({"states"} if tcp_states else set())
+    printed = output_format or ("json" if dry_run else None)
+    if printed == "table" and sort_by == "close_wait" and "states" not in groups:
+        raise click.BadParameter("close_wait is measured only with --tcp-states", param_hint="--sort")
+    if textfile is not None and not Path(textfile).parent.is_dir():
+        raise click.BadParameter(f"{textfile}: no such directory", param_hint="--textfile")
+    pushing = printed is None and textfile is None
+    spool = _locked_spool(spool_dir, spool_max_age, spool_max_bytes) if pushing else None
 
-    # Imports kept here so `--help` stays fast.
-    from container_netstat import collect as collecting
-    from container_netstat import discovery, falcon, metrics
-    from container_netstat.errors import ContainerNetstatError, DockerUnavailable
-    from container_netstat.pids import PidResolver
-    from container_netstat.procfs import ProcFS
+    source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root)
+    _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude)
 
-    environment = dict(os.environ)
-    if docker_host:
-        environment["DOCKER_HOST"] = docker_host
-    where = environment.get("DOCKER_HOST") or "the local Docker socket"
-    proc = ProcFS(proc_root)
-    try:
-        client = discovery.connect(environment, docker_timeout)
-        containers = discovery.list_containers(client)
-        resolver = PidResolver(proc, cgroup_root, run_root, inspect=discovery.inspector(client))
-        snapshot = collecting.collect(containers, resolver, proc)
-        scopes = metrics.field_scopes(snapshot.host.kernel_release, overrides)
-    except DockerUnavailable as err:
-        raise _fail(EXIT_DOCKER, f"cannot reach Docker at {_redact(where)}: {err}")
-    except ContainerNetstatError as err:
-        raise _fail(EXIT_PARTIAL, f"cannot read the host's /proc: {err}")
-    samples, failed = metrics.snapshot_samples(snapshot, scopes)
+    from container_netstat import falcon, metrics  # here, so that --help stays fast
+
+    samples, failed = metrics.snapshot_samples(snapshot, scopes, groups)
     collected_at = int(time.time())
     items = falcon.build_items(samples, endpoint or socket.gethostname(), collected_at, step)
     log.info(
@@ -223,9 +313,34 @@ def collect(
         finally:
             sender.close()
         raise click.exceptions.Exit(_push_exit_code(outcome, bool(failed)))
-    click.echo(falcon.dumps(items))
+    if textfile is not None:
+        _write_textfile(Path(textfile), samples, collected_at)
+    if printed == "json":
+        click.echo(falcon.dumps(items))
+    elif printed == "prometheus":
+        from container_netstat import prometheus
+
+        click.echo(prometheus.render(samples, collected_at).decode("utf-8"), nl=False)
+    elif printed == "table":
+        from container_netstat import table
+
+        tty = sys.stdout.isatty()
+        width = shutil.get_terminal_size().columns if tty else table.WIDTH
+        click.echo(table.render(samples, sort_by, width, color=tty and not os.environ.get("NO_COLOR")))
     if failed:
         raise click.exceptions.Exit(EXIT_PARTIAL)
+
+
+def _write_textfile(path: Path, samples: "List[Sample]", collected_at: int) -> None:
+    """The node_exporter textfile; a failure loses this run's values, as an unwritable spool does."""
+    from container_netstat import prometheus
+
+    if not path.name.endswith(".prom"):
+        log.warning("%s: node_exporter's textfile collector reads only *.prom files", path)
+    try:
+        prometheus.write_textfile(path, prometheus.render(samples, collected_at))
+    except prometheus.TextfileError as err:
+        raise _fail(EXIT_LOST, f"{err} (see --textfile)")
 
 
 def _locked_spool(directory: Optional[str], max_age: int, max_bytes: int) -> "Spool":
@@ -261,3 +376,48 @@ def _redact(url: str) -> str:
     if sep and "@" in rest.split("/", 1)[0]:
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+@main.command()
+@_source_options
+@click.option("--format", "output_format", type=click.Choice(["json", "text"]), default="json", show_default=True,
+              help="json for tools, text for a terminal.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="warning", show_default=True, help="Diagnostics on stderr at this level and above.")
+def doctor(
+    runtime: str,
+    docker_host: Optional[str],
+    docker_timeout: float,
+    proc_root: str,
+    cgroup_root: str,
+    run_root: str,
+    var_root: str,
+    field_scopes: Tuple[str, ...],
+    output_format: str,
+    log_level: str,
+) -> None:
+    """Explain this host: each metric's scope on this kernel, the Docker API version,
+    which containers share a namespace, and any container that could not be read and why.
+
+    The first command to run when numbers look odd. Exit codes as for collect.
+    """
+    import json
+
+    from container_netstat import doctor as doctoring
+    from container_netstat.errors import DockerUnavailable
+
+    _setup_logging(log_level)
+    source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root)
+    backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic"})
+    where = _redact(backend.where)
+    try:
+        version = backend.version()
+    except DockerUnavailable as err:
+        raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {where}: {err}")
+    data = doctoring.report(snapshot, scopes, {"runtime": backend.name, "host": where, **version})
+    if output_format == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(doctoring.format_text(data))
+    if snapshot.failed:
+        raise click.exceptions.Exit(EXIT_PARTIAL)

@@ -62,7 +62,9 @@ def format_text(data: Mapping[str, Any]) -> str:
     """The report for a terminal."""
     lines = [f"kernel        {data['kernel']}"]
     docker = data["docker"]
-    lines.append(f"docker        {docker.get('host')} (server {docker.get('server_version')}, API {docker.get('api_version')})")
+    runtime = docker.get("runtime", "docker")
+    lines.append(f"{runtime:<13} {docker.get('host')} (server {docker.get('server_version') or '-'}, "
+                 f"API {docker.get('api_version') or '-'})")
     lines.append(f"containers    {data['containers']} running, {len(data['namespaces'])} namespaces reported")
     lines.append("")
     lines.append("fields whose scope depends on the kernel:")

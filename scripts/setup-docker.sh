@@ -40,15 +40,6 @@ fi
 
 if $with_image && ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "setup-docker: building $IMAGE from the local busybox" >&2
-  bb=$(command -v busybox)
-  root=$(mktemp -d)
-  trap 'rm -rf "$root"' EXIT
-  mkdir -p "$root/bin" "$root/tmp" "$root/etc"
-  cp "$bb" "$root/bin/busybox"
-  for applet in $("$bb" --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
-  done
-  echo 'root:x:0:0:root:/:/bin/sh' >"$root/etc/passwd"
-  tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "$IMAGE" >/dev/null
+  bash "$(dirname "$0")/busybox-rootfs.sh" | docker import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "$IMAGE" >/dev/null
 fi
 echo "setup-docker: dockerd answers$($with_image && echo "; image $IMAGE ready")" >&2

@@ -49,16 +49,7 @@ EOF
 export CONTAINERS_CONF
 if ! podman image exists "localhost/$IMAGE"; then
   echo "setup-runtimes: podman import of the busybox rootfs as localhost/$IMAGE" >&2
-  bb=$(command -v busybox)
-  root=$(mktemp -d)
-  trap 'rm -rf "$root"' EXIT
-  mkdir -p "$root/bin" "$root/tmp" "$root/etc"
-  cp "$bb" "$root/bin/busybox"
-  for applet in $("$bb" --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
-  done
-  echo 'root:x:0:0:root:/:/bin/sh' >"$root/etc/passwd"
-  tar -C "$root" -c . | podman import -q -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "localhost/$IMAGE" >/dev/null
+  bash scripts/busybox-rootfs.sh | podman import -q -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "localhost/$IMAGE" >/dev/null
 fi
 
 # A private containerd: its own socket, root and state. The state directory ends in

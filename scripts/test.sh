@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-docker.sh --image
+bash scripts/setup-runtimes.sh
 
 # Components the tests drive for real, from Debian's packages, by the command they provide.
 declare -A provides=(

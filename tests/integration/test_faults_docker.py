@@ -35,11 +35,16 @@ def private_dockerd() -> Iterator[Any]:
         unavailable("dockerd is not installed")
     base = tempfile.mkdtemp(prefix="cn-dockerd-", dir="/tmp")
     sock = os.path.join(base, "docker.sock")
+    # A bridge of its own: a dockerd started with --bridge none deletes docker0, which
+    # belongs to the daemon the other tests use.
+    bridge = "cn-faults0"
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
     log = open(os.path.join(base, "dockerd.log"), "w")
     proc = subprocess.Popen(
         ["dockerd", "--host", f"unix://{sock}", "--data-root", os.path.join(base, "data"),
          "--exec-root", os.path.join(base, "exec"), "--pidfile", os.path.join(base, "docker.pid"),
-         "--bridge", "none", "--iptables=false", "--ip-masq=false"],
+         "--bridge", bridge, "--iptables=false", "--ip-masq=false", "--ip-forward=false"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
@@ -69,6 +74,7 @@ def private_dockerd() -> Iterator[Any]:
             proc.kill()
             proc.wait()
         log.close()
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
