@@ -11,7 +11,8 @@ of the process and its children) comes from ``wait4``, its wall time from a mono
 clock, and the Docker daemon's CPU from /proc/<dockerd>/stat (utime + stime, and the
 same for the children it reaped) read just before and after it. Clock ticks are 10 ms,
 so the daemon's figure is a mean over the rounds (the highest fifth dropped: other
-clients of the daemon only ever add to it). The fleet is removed at the end unless
+clients of the daemon only ever add to it), less its background rate measured the same
+way over a ``sleep`` run in every round. The fleet is removed at the end unless
 ``--keep``.
 """
 
@@ -59,6 +60,8 @@ STARTUP = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "import docker, click": [sys.executable, "-c", "import logging, docker, click"],
 }
+# A run that asks the daemon nothing: what dockerd does meanwhile on its own (or for others).
+IDLE = {"idle (sleep 0.3)": ["sleep", "0.3"]}
 
 
 def dockerd_pid() -> int:
@@ -159,11 +162,10 @@ def dockerd_ms(runs: List[Run], idle_ticks_per_s: float, keep: float = 0.8) -> f
     return max(0.0, statistics.fmean(kept)) * TICK_MS
 
 
-def idle_rate(dockerd: int, seconds: float = 5.0) -> float:
-    """dockerd's own CPU ticks per second while nobody here asks it anything."""
-    before = cpu_ticks(dockerd)
-    time.sleep(seconds)
-    return (cpu_ticks(dockerd) - before) / seconds
+def idle_rate(runs: List[Run], keep: float = 0.8) -> float:
+    """dockerd's background ticks per second, from the idle runs (a ``sleep`` in every round)."""
+    ticks = sorted(r.dockerd_ticks for r in runs)[: max(1, math.ceil(len(runs) * keep))]
+    return statistics.fmean(ticks) / statistics.median(r.wall for r in runs)
 
 
 def bench_series(path: str) -> Dict[Tuple[str, str], int]:
@@ -234,12 +236,11 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
     took = fleet.up(n, quiet=True, reuse=reuse)
     log(f"N={n}: fleet up in {took:.0f} s")
     checked = check(commands, dockerd, workdir, log) if do_check else None
-    commands = {**commands, **STARTUP}
+    commands = {**commands, **STARTUP, **IDLE}
     log(f"N={n}: letting traffic run for {settle:.0f} s")
     time.sleep(settle)
     for name, command in commands.items():  # warm the page cache and .pyc files
         timed(command, dockerd, os.devnull)
-    idle = idle_rate(dockerd)
     load_before = _loadavg()
     names = list(commands)
     results: Dict[str, List[Run]] = {name: [] for name in names}
@@ -247,6 +248,7 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             results[name].append(timed(commands[name], dockerd, os.path.join(workdir, f"{name}.json")))
+    idle = idle_rate(results[next(iter(IDLE))])
     summaries = [summarize(name, n, results[name], idle) for name in names]
     load = (load_before + _loadavg()) / 2
     log(f"N={n}: load average {load:.2f} while timing (2 cores; the fleet and anything else running count)")
