@@ -19,6 +19,7 @@ way over a ``sleep`` run in every round. The fleet is removed at the end unless
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import math
 import os
@@ -374,6 +375,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
+    # The collectors import reference.py: compile it now, as an installed package would be,
+    # even when PYTHONDONTWRITEBYTECODE is set.
+    compileall.compile_dir(HERE, quiet=1, maxlevels=0)
     sizes = [int(s) for s in args.sizes.split(",")]
     commands = collectors(args.tool)
     dockerd = dockerd_pid()
