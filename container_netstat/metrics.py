@@ -138,7 +138,8 @@ NETNS_METRICS: Tuple[Metric, ...] = (
         lambda r: _f(r.sockstat, "TCP", "inuse", "sockstat") + _f6(r.sockstat6, "TCP6", "inuse"),
     ),
     Metric(
-        "tcp.timewait", BASIC, GAUGE, "sockstat TCP: tw", "TCP sockets in TIME_WAIT, IPv4 and IPv6",
+        "tcp.timewait", BASIC, GAUGE, "sockstat TCP: tw",
+        "TCP sockets in TIME_WAIT (and closed FIN_WAIT2, kept as timewait sockets), IPv4 and IPv6",
         lambda r: _f(r.sockstat, "TCP", "tw", "sockstat"), scope_field="tw",
     ),
     Metric(

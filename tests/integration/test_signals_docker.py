@@ -123,3 +123,15 @@ def test_include_and_exclude_on_real_containers(run_container: Any) -> None:
     assert f"container={b.name}" in got and f"container={a.name}" not in got
     got = by_tags(collect_json("--metrics", "counters", "--include", a.name)[0])
     assert "tcp.inuse" not in got[f"container={a.name}"] and "tcp.out_rsts" in got[f"container={a.name}"]
+
+
+def test_timewait_counts_closed_fin_wait2_as_the_kernel_does(run_container: Any, holders: List[Any]) -> None:
+    # The peers that closed first in CLOSE_WAIT pairs sit in FIN_WAIT2 with no process:
+    # the kernel keeps them as timewait mini-sockets, so sockstat's tw counts them.
+    c = run_container(name="fw2", network_mode="none")
+    pid = pid_of(c)
+    holders.append(background(pid, CLOSE_WAIT.format(k=3)))
+    got = by_tags(collect_json("--tcp-states")[0])[f"container={c.name}"]
+    assert ss_count(pid, "fin-wait-2") == 3 and ss_count(pid, "time-wait") == 0
+    assert got["tcp.timewait"] == 3
+    assert got["tcp.state.fin_wait2"] == 3 and got["tcp.orphan"] == 3
