@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from container_netstat import falcon
 from container_netstat.errors import PushError
-from container_netstat.spool import CorruptBatch, Spool, SpoolError
+from container_netstat.spool import CorruptBatch, Entry, Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -323,11 +323,12 @@ def _enforce(run: _Run) -> None:
         return
     if dropped.batches:
         run.add("dropped_batches", dropped.batches)
+        ahead = f", {dropped.ahead} stamped later than now: the clock went back" if dropped.ahead else ""
         log.error(
-            "spool %s over its bounds: dropped %d undelivered batches (%d older than %d s, %d beyond %d bytes)"
+            "spool %s over its bounds: dropped %d undelivered batches (%d older than %d s, %d beyond %d bytes%s)"
             " collected between %s and %s",
             run.spool.directory, dropped.batches, dropped.by_age, run.spool.bounds.max_age, dropped.by_size,
-            run.spool.bounds.max_bytes, _when(dropped.oldest), _when(dropped.newest),
+            run.spool.bounds.max_bytes, ahead, _when(dropped.oldest), _when(dropped.newest),
         )
 
 
@@ -343,8 +344,7 @@ def _replay(run: _Run) -> bool:
             items = run.spool.load(entry)
         except CorruptBatch as err:
             log.warning("spool: corrupt batch moved aside: %s", err)
-            run.spool.set_aside(entry, "corrupt")
-            run.add("set_aside")
+            _set_aside(run, entry, "corrupt")
             continue
         try:
             reply = run.send(items)
@@ -354,15 +354,26 @@ def _replay(run: _Run) -> bool:
         except Rejected as err:
             log.error("receiver refused spooled batch %s (%d items, %s); moved aside, not retried",
                       entry.path.name, len(items), err)
-            run.spool.set_aside(entry, "rejected")
-            run.add("set_aside")
+            _set_aside(run, entry, "rejected")
             run.add("rejected_items", len(items))
             continue
-        run.spool.remove(entry)
+        try:
+            run.spool.remove(entry)
+        except SpoolError as err:
+            # Sent twice at worst: graph keeps the first point of a minute and ignores a repeat.
+            log.error("spool: %s; it was delivered and will be sent again", err)
         run.add("replayed_items", len(items))
         run.add("replayed_batches")
         run.note_invalid(reply, f"spooled batch {entry.path.name}")
     return False
+
+
+def _set_aside(run: _Run, entry: Entry, reason: str) -> None:
+    try:
+        run.spool.set_aside(entry, reason)
+    except SpoolError as err:
+        log.error("spool: %s", err)
+    run.add("set_aside")
 
 
 def _store(run: _Run, batch: List[Item], timestamp: int, index: int) -> None:

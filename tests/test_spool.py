@@ -122,7 +122,7 @@ def test_age_bound_drops_old_batches_and_counts_them(tmp_path: Path) -> None:
 def test_size_bound_drops_the_oldest_until_it_fits(tmp_path: Path) -> None:
     spool = Spool(tmp_path, Bounds(max_age=10**9, max_bytes=10**9), clock=lambda: float(NOW))
     spool.open()
-    written = [spool.write(items(NOW + i * 60, 50), NOW + i * 60, 0) for i in range(5)]
+    written = [spool.write(items(NOW - 300 + i * 60, 50), NOW - 300 + i * 60, 0) for i in range(5)]
     size = written[0].size
     bounded = Spool(tmp_path, Bounds(max_age=10**9, max_bytes=2 * size + size // 2), clock=lambda: float(NOW))
     dropped = bounded.enforce()
