@@ -299,6 +299,8 @@ def table(results: List[Dict[str, object]]) -> str:
         span = (hi["listed"] or hi["n"]) - (lo["listed"] or lo["n"])  # type: ignore[operator]
         slope = [("collector", f"wall per container, N {lo['n']} -> {hi['n']}", "CPU per container")]
         for a, b in zip(lo["summaries"], hi["summaries"]):  # type: ignore[arg-type]
+            if a["collector"] in STARTUP or a["collector"] in IDLE:
+                continue
             slope.append((a["collector"], f"{(b['wall_median'] - a['wall_median']) / span * 1000:.3f} ms",
                           f"{(b['cpu_median'] - a['cpu_median']) / span * 1000:.3f} ms"))
         text += "\n" + _grid(slope)
