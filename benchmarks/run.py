@@ -339,6 +339,7 @@ def targets(results: List[Dict[str, object]], at: int = 300, base: int = 30) -> 
             slope("container-netstat") <= 0.5)
         ratio = slope("naive") / max(slope("container-netstat"), 1e-9)
         row("slope >= 10x smaller than naive's", f"{ratio:.1f}x", ratio >= 10)
+        rows.append(("  bound: naive's slope / the floor's", f"{slope('naive') / max(slope('floor'), 1e-9):.1f}x", "-"))
     daemon = ours["dockerd_ms_per_run"] / max(floor["dockerd_ms_per_run"], 1e-9)
     row(f"N={at}: dockerd CPU <= 2x the floor's", f"{daemon:.2f}x", daemon <= 2)
     row(f"N={at}: peak RSS <= 36 MiB", f"{ours['rss_median_mib']:.1f} MiB", ours["rss_median_mib"] <= 36)
