@@ -403,7 +403,16 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def _save(path: str, results: List[Dict[str, object]], commands: Dict[str, List[str]]) -> None:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("container-netstat", "docker", "click", "requests", "urllib3"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
     meta = {
+        "versions": versions,
         "kernel": os.uname().release,
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
