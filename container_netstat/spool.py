@@ -37,7 +37,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from container_netstat.errors import ContainerNetstatError
 
@@ -140,6 +140,7 @@ class Spool:
         self._clock = clock
         self._lock_fd: Optional[int] = None
         self._dir_fd: Optional[int] = None
+        self._ignored: Set[str] = set()  # named in a warning once per run, not per listing
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -154,9 +155,9 @@ class Spool:
             fd = self._dir()
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
             if mode != 0o700:
-                if mode & 0o077:
-                    log.warning("spool %s had mode %03o; setting 0700", self.directory, mode)
                 os.fchmod(fd, 0o700)
+                if mode & 0o077:
+                    log.warning("spool %s had mode %03o; set it to 0700", self.directory, mode)
         except OSError as err:
             raise SpoolError(f"cannot use spool directory {self.directory}: {err.strerror or err}") from err
 
@@ -212,7 +213,8 @@ class Spool:
             except OSError as err:
                 raise SpoolError(f"cannot read {path}: {err.strerror or err}") from err
             if not stat.S_ISREG(info.st_mode):
-                if not (name == "lost+found" and stat.S_ISDIR(info.st_mode)):
+                if name not in self._ignored and not (name == "lost+found" and stat.S_ISDIR(info.st_mode)):
+                    self._ignored.add(name)
                     log.warning("spool: ignoring %s: %s, not a batch; it is never read, moved or removed",
                                 path, _kind(info.st_mode))
                 continue
