@@ -28,6 +28,10 @@ HOST_PID = 1
 BASIC, COUNTERS, STATES = "basic", "counters", "states"
 GROUPS = (BASIC, COUNTERS, STATES)
 DEFAULT_GROUPS = frozenset({BASIC, COUNTERS})
+# The sections the metric catalogue reads; the rest of snmp/netstat (Ip, Icmp, IpExt,
+# MPTcpExt: hundreds of fields) is dropped at once, not kept for every namespace.
+SNMP_SECTIONS = ("Tcp", "Udp")
+NETSTAT_SECTIONS = ("TcpExt",)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,10 @@ def _parse(proc: ProcFS, pid: int, name: str, parser):  # type: ignore[no-untype
     return parser(proc.read_net(pid, name), proc.path(pid, "net", name))
 
 
+def _only(sections: procnet.Sections, keep: Tuple[str, ...]) -> procnet.Sections:
+    return {name: fields for name, fields in sections.items() if name in keep}
+
+
 def read_netns(proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS) -> Readings:
     """Read and parse what ``groups`` need from one pid's /proc/<pid>/net.
 
@@ -127,9 +135,9 @@ def read_netns(proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS
         if proc.has_net(pid, "sockstat6"):
             sockstat6 = _parse(proc, pid, "sockstat6", procnet.parse_sockstat)
     if BASIC in groups or COUNTERS in groups:
-        snmp = _parse(proc, pid, "snmp", procnet.parse_snmp)
+        snmp = _only(_parse(proc, pid, "snmp", procnet.parse_snmp), SNMP_SECTIONS)
     if COUNTERS in groups:
-        netstat = _parse(proc, pid, "netstat", procnet.parse_snmp)
+        netstat = _only(_parse(proc, pid, "netstat", procnet.parse_snmp), NETSTAT_SECTIONS)
     if STATES in groups:
         for name in ("tcp", "tcp6"):
             if name == "tcp" or proc.has_net(pid, name):

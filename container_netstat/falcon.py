@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Dict, Iterable, List
+from functools import lru_cache
+from typing import Any, Dict, Iterable, Iterator, List
 
 from container_netstat.collect import Tags
 from container_netstat.metrics import Sample
@@ -39,6 +40,7 @@ def sanitize(value: str, limit: int = MAX_TAG_VALUE) -> str:
     return f"{safe[: limit - 9]}-{digest}"
 
 
+@lru_cache(maxsize=4096)  # the same few tags repeat for every metric of a namespace
 def format_tags(tags: Tags) -> str:
     """``k=v,...`` sorted by key, every value sanitized."""
     return ",".join(f"{sanitize(k, 32)}={sanitize(v)}" for k, v in sorted(tags))
@@ -70,3 +72,12 @@ def build_items(samples: Iterable[Sample], endpoint: str, timestamp: int, step: 
 def dumps(items: List[Item]) -> str:
     """The JSON text of a payload; NaN is not JSON, so it is refused."""
     return json.dumps(items, allow_nan=False, separators=(",", ":"))
+
+
+def iter_dumps(items: List[Item], chunk: int = 1000) -> Iterator[str]:
+    """The same JSON text as ``dumps``, in pieces, so a large payload is never one big string."""
+    yield "["
+    for start in range(0, len(items), chunk):
+        part = dumps(items[start : start + chunk])[1:-1]
+        yield ("," if start else "") + part
+    yield "]\n"

@@ -113,7 +113,9 @@ class PidResolver:
                 # The container's init is the one whose parent (the shim) is outside the
                 # cgroup; short-lived children come and go, so try it first.
                 members = set(pids)
-                pids = sorted(pids[:16], key=lambda p: self.proc.parent_pid(p) in members)
+                init = next((p for p in pids if self.proc.parent_pid(p) not in members), None)
+                if init is not None:
+                    pids = [init] + [p for p in pids if p != init]
             for pid in pids[:8]:
                 if self.belongs(pid, container_id):
                     self._last_cgroup_dir = rel.replace(container_id, "{id}")

@@ -94,3 +94,12 @@ def test_endpoint_and_counter_fit_the_index_columns() -> None:
 def test_nan_is_refused() -> None:
     with pytest.raises(ValueError):
         falcon.dumps([{"value": float("nan")}])
+
+
+@pytest.mark.parametrize("n", [0, 1, 999, 1000, 1001, 2500])
+def test_chunked_json_is_the_same_text(n: int) -> None:
+    items = falcon.build_items(
+        [Sample("container.net.tcp.inuse", i, "GAUGE", (("container", f"c{i % 7}"),)) for i in range(n)],
+        endpoint="h", timestamp=1, step=60,
+    )
+    assert "".join(falcon.iter_dumps(items)) == falcon.dumps(items) + "\n"
