@@ -74,13 +74,18 @@ def _bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
 _USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/]*@")
 
 
+# Control characters (C0, DEL, C1) and the other line breaks str.splitlines() knows, escaped:
+# a message quoting a label or a receiver's reply stays one line and cannot drive a terminal.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+_ESCAPES.update({ord("\r"): "\\r", ord("\n"): "\\n", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
 class _OneLineFormatter(logging.Formatter):
     """``container-netstat: level: message`` on one line, whatever the message holds, with the
     credentials of any URL in it hidden: a library's error can quote DOCKER_HOST in full."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = _redact(super().format(record))
-        return text.replace("\r", "\\r").replace("\n", "\\n")
+        return _redact(super().format(record)).translate(_ESCAPES)
 
 
 def _setup_logging(level: str) -> None:
@@ -330,7 +335,9 @@ def collect(
     elif printed == "prometheus":
         from container_netstat import prometheus
 
-        click.echo(prometheus.render(samples, collected_at).decode("utf-8"), nl=False)
+        # As bytes: click.echo strips ANSI sequences from a str sent to a pipe, and a label
+        # value may hold one; the text must be what --textfile writes.
+        click.echo(prometheus.render(samples, collected_at), nl=False)
     elif printed == "table":
         from container_netstat import table
 

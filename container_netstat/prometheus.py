@@ -117,7 +117,8 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> b
             continue
         series[labels] = sample.value
     for labels in duplicated:
-        shown = ",".join(f"{k}={v!r}" for k, v in labels)
+        # repr() keeps a label's newlines and quotes out of the line; a long value is cut.
+        shown = ",".join(f"{k}={v[:60]!r}" + ("..." if len(v) > 60 else "") for k, v in labels)
         log.warning("%s: two namespaces with these labels; the series of the first only are written", shown)
     families: List[object] = []
     for (falcon_name, counter_type), series in sorted(grouped.items()):
