@@ -8,8 +8,6 @@ intended keys, each once, with non-empty values; the counter fits 255 bytes.
 
 from __future__ import annotations
 
-from typing import Dict
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +16,7 @@ from container_netstat.errors import ParseError
 from container_netstat.metrics import NETNS_METRICS, PREFIX, Sample
 
 from conftest import PROC_NET
+from test_falcon import transfer_tags
 
 SAMPLE_SNMP = (PROC_NET / "linux-6.18-server" / "snmp").read_text()
 SAMPLE_SOCKSTAT = (PROC_NET / "linux-6.18-server" / "sockstat").read_text()
@@ -64,15 +63,6 @@ def test_tcp_table_parser_never_crashes(text: str) -> None:
         pass
     else:
         assert result["orphan"] <= sum(v for k, v in result.items() if k != "orphan")
-
-
-def transfer_tags(tags: str) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    for piece in tags.replace(" ", "").split(","):
-        if "=" in piece:
-            key, value = piece.split("=", 1)
-            out[key] = value
-    return out
 
 
 HOSTILE_TEXT = st.one_of(

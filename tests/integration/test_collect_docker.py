@@ -21,6 +21,7 @@ from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
 
 from conftest import in_netns, pid_of
+from integration.workloads import hold, time_wait, udp
 
 pytestmark = pytest.mark.docker
 
@@ -30,39 +31,8 @@ BASIC = {"tcp.established", "tcp.inuse", "tcp.timewait", "udp.inuse", "sockets.u
 DEFAULT_METRICS = [m for m in NETNS_METRICS if m.group in DEFAULT_GROUPS]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-HOLD = r"""
-import socket, sys, time
-n = int(sys.argv[1]) if len(sys.argv) > 1 else {n}
-srv = socket.socket(socket.AF_INET6)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("::", 8080)); srv.listen(128)
-held = []
-for _ in range({n}):
-    held.append(socket.create_connection(("127.0.0.1", 8080)))
-    held.append(srv.accept()[0])
-print("ready", flush=True)
-time.sleep(600)
-"""
 
-TIME_WAIT = r"""
-import socket
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
-for _ in range({m}):
-    c = socket.create_connection(srv.getsockname())
-    a, _ = srv.accept()
-    c.close()          # the client closes first: its socket goes to TIME_WAIT
-    a.recv(1); a.close()
-"""
 
-UDP = r"""
-import socket, time
-s = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range({v4})]
-for x in s: x.bind(("127.0.0.1", 0))
-s6 = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range({v6})]
-for x in s6: x.bind(("::", 0))
-print("ready", flush=True)
-time.sleep(600)
-"""
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -115,9 +85,9 @@ def test_server_with_n_clients_timewait_and_udp(run_container: Any, holders: Lis
     busy = run_container(name="tw", network_mode="none")
     quiet = run_container(name="quiet", network_mode="none")
     spid, bpid = pid_of(server), pid_of(busy)
-    holders.append(background(spid, HOLD.format(n=n)))
-    holders.append(background(spid, UDP.format(v4=2, v6=3)))
-    in_netns(bpid, TIME_WAIT.format(m=m))
+    holders.append(background(spid, hold(n)))
+    holders.append(background(spid, udp(2, 3)))
+    in_netns(bpid, time_wait(m))
 
     items, _ = collect_json()
     got = by_tags(items)
@@ -149,8 +119,8 @@ def test_values_match_ss_for_every_test_namespace(run_container: Any, holders: L
     for i, c in enumerate(containers):
         pid = pid_of(c)
         if i % 2 == 0:
-            holders.append(background(pid, HOLD.format(n=i + 1)))
-        in_netns(pid, TIME_WAIT.format(m=i))
+            holders.append(background(pid, hold(i + 1)))
+        in_netns(pid, time_wait(i))
     got = by_tags(collect_json()[0])
     for c in containers:
         pid = pid_of(c)
@@ -191,7 +161,7 @@ def test_kubernetes_pod_reported_once_by_pod(run_container: Any, holders: List[A
         name="k8s_app", network_mode=f"container:{pause.id}",
         labels={**labels, "io.kubernetes.docker.type": "container", "io.kubernetes.container.name": "app"},
     )
-    holders.append(background(pid_of(app), HOLD.format(n=2)))
+    holders.append(background(pid_of(app), hold(2)))
     got = by_tags(collect_json()[0])
     pod = got["namespace=shop,pod=web-7d4b9"]
     assert pod["tcp.established"] == 4

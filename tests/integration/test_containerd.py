@@ -22,6 +22,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from conftest import IMAGE, in_netns, unavailable
+from integration.workloads import hold, time_wait
 
 pytestmark = pytest.mark.docker
 
@@ -31,27 +32,7 @@ RUN_ROOT = os.path.join(RUN, "run")  # holds containerd/io.containerd.runtime.v2
 NAMESPACE = "cntest"
 CTR_IMAGE = f"docker.io/{IMAGE}"
 
-HOLD = r"""
-import socket, time
-srv = socket.socket(socket.AF_INET6)
-srv.bind(("::", 8080)); srv.listen(64)
-held = []
-for _ in range({n}):
-    held.append(socket.create_connection(("127.0.0.1", 8080)))
-    held.append(srv.accept()[0])
-print("ready", flush=True)
-time.sleep(600)
-"""
 
-TIME_WAIT = r"""
-import socket
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
-for _ in range({m}):
-    c = socket.create_connection(srv.getsockname())
-    a, _ = srv.accept()
-    c.close()
-    a.recv(1); a.close()
-"""
 
 
 def ctr(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -154,9 +135,9 @@ def ss_count(pid: int, *filters: str) -> int:
 def test_every_pod_namespace_once_with_pod_tags_values_as_ss(pods: Pods, holders: List[subprocess.Popen]) -> None:
     _, web_pid, web_apps = pods.pod("shop", "web-7d4b9", ["app", "sidecar"])
     _, dns_pid, _ = pods.pod("kube-system", "coredns-5d78c", ["coredns"])
-    holders.append(in_netns(web_apps["app"], HOLD.format(n=3), background=True))
+    holders.append(in_netns(web_apps["app"], hold(3), background=True))
     assert holders[-1].stdout.readline().strip() == "ready"
-    in_netns(web_apps["sidecar"], TIME_WAIT.format(m=5))
+    in_netns(web_apps["sidecar"], time_wait(5))
 
     got, err = collect("--run-root", RUN_ROOT, "--include", "io.kubernetes.cri.sandbox-name=*",
                        "--log-level", "debug")

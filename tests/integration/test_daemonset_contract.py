@@ -21,7 +21,9 @@ from typing import Any, Dict, Iterator, List, Mapping
 
 import pytest
 
-from conftest import TEST_LABEL, in_netns, pid_of, unavailable
+from conftest import TEST_LABEL, pid_of, unavailable
+from integration.test_collect_docker import background
+from integration.workloads import hold
 from receiver import Receiver
 
 pytestmark = pytest.mark.docker
@@ -36,17 +38,6 @@ HOST_PATHS = {
     "/run/containerd/io.containerd.runtime.v2.task": f"{RUN}/run/containerd/io.containerd.runtime.v2.task",
 }
 
-HOLD = r"""
-import socket, time
-srv = socket.socket(socket.AF_INET6)
-srv.bind(("::", 8080)); srv.listen(64)
-held = []
-for _ in range({n}):
-    held.append(socket.create_connection(("127.0.0.1", 8080)))
-    held.append(srv.accept()[0])
-print("ready", flush=True)
-time.sleep(600)
-"""
 
 KNOWN_POD_FIELDS = {"hostPID", "hostNetwork", "dnsPolicy", "automountServiceAccountToken", "enableServiceLinks",
                     "tolerations", "terminationGracePeriodSeconds", "containers", "volumes"}
@@ -150,12 +141,6 @@ def holders() -> Iterator[List[subprocess.Popen]]:
         p.wait()
 
 
-def hold(pid: int, n: int) -> subprocess.Popen:
-    proc = in_netns(pid, HOLD.format(n=n), background=True)
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    return proc
-
-
 def ss_established(pid: int) -> int:
     out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ss", "-Htan", "state", "established"],
                          capture_output=True, text=True, check=True).stdout
@@ -173,11 +158,11 @@ def test_manifest_contract_under_docker(deployed: List[str], run_container: Any,
                             labels={**pod, "io.kubernetes.docker.type": "podsandbox"})
     app = run_container(name="k8s_app", network_mode=f"container:{sandbox.id}",
                         labels={**pod, "io.kubernetes.docker.type": "container"})
-    holders.append(hold(pid_of(app), 2))
+    holders.append(background(pid_of(app), hold(2)))
     pods = Pods()
     try:
         _, cri_pid, cri_apps = pods.pod("cri-shop", "cart-0", ["cart"])
-        holders.append(hold(cri_apps["cart"], 3))
+        holders.append(background(cri_apps["cart"], hold(3)))
 
         with Receiver() as agent:
             name = f"cn-daemonset-{uuid.uuid4().hex[:8]}"

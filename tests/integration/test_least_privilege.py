@@ -16,7 +16,8 @@ import pytest
 
 import container_netstat
 from conftest import pid_of, unavailable
-from integration.test_collect_docker import HOLD, background, by_tags, collect_json
+from integration.workloads import hold
+from integration.test_collect_docker import background, by_tags, collect_json
 
 pytestmark = pytest.mark.docker
 
@@ -73,7 +74,7 @@ def test_docker_group_member_gets_the_same_numbers_as_root(docker_group_user: An
         server = run_container(name="lp-server", network_mode="none")
         owner = run_container(name="lp-owner", network_mode="none")
         run_container(name="lp-joiner", network_mode=f"container:{owner.id}")
-        holders.append(background(pid_of(server), HOLD.format(n=3)))
+        holders.append(background(pid_of(server), hold(3)))
         as_user = docker_group_user("collect", "--dry-run", "--log-level", "debug")
         assert as_user.returncode == 0, as_user.stderr
         as_root = by_tags(collect_json()[0])

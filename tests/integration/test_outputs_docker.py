@@ -29,6 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import IMAGE, TEST_LABEL, in_netns, pid_of, unavailable
+from integration.workloads import hold
 from receiver import AGENT, NIGHTINGALE, TRANSFER, Receiver, go_decode
 from test_alerts import rule_metric_names
 
@@ -41,22 +42,6 @@ N_CLIENTS = 5
 SeriesKey = Tuple[str, FrozenSet[Tuple[str, str]]]
 
 # n loopback clients held open against a listener on [::]:8080 (busybox-free: Python in the netns).
-HOLD = r"""
-import socket, time
-srv = socket.socket(socket.AF_INET6)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("::", 8080)); srv.listen(128)
-held = []
-for _ in range({n}):
-    held.append(socket.create_connection(("127.0.0.1", 8080)))
-    held.append(srv.accept()[0])
-udp = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
-for s in udp: s.bind(("127.0.0.1", 0))
-udp6 = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(3)]
-for s in udp6: s.bind(("::", 0))
-print("ready", flush=True)
-time.sleep(600)
-"""
 
 # A CLOSE_WAIT leak: the peer closes, the server never does.
 CLOSE_WAIT = r"""
@@ -194,7 +179,7 @@ def scene(docker_client: Any) -> Iterator[Dict[str, Any]]:
 
     try:
         server = run("server", network_mode="none")
-        procs.append(background(pid_of(server), HOLD.format(n=N_CLIENTS)))
+        procs.append(background(pid_of(server), hold(N_CLIENTS, udp=2, udp6=3)))
         leaky = run("leaky", network_mode="none")
         procs.append(background(pid_of(leaky), CLOSE_WAIT.format(n=3)))
         pod = {"io.kubernetes.pod.namespace": "shop", "io.kubernetes.pod.name": "cart-1"}

@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import pytest
 
 from conftest import IMAGE, TEST_LABEL, in_netns, pid_of, unavailable
+from integration.test_collect_docker import background
+from integration.workloads import hold, time_wait
 
 pytestmark = pytest.mark.docker
 
@@ -27,29 +29,7 @@ STATE = os.environ.get("CONTAINER_NETSTAT_TEST_STATE", "/var/lib/container-netst
 CONTAINERS_CONF = os.path.join(STATE, "containers.conf")
 PODMAN_IMAGE = f"localhost/{IMAGE}"
 
-HOLD = r"""
-import socket, time
-srv = socket.socket(socket.AF_INET6)
-srv.bind(("::", 8080)); srv.listen(64)
-held = []
-for _ in range({n}):
-    held.append(socket.create_connection(("127.0.0.1", 8080)))
-    held.append(srv.accept()[0])
-udp = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range({u})]
-for s in udp: s.bind(("127.0.0.1", 0))
-print("ready", flush=True)
-time.sleep(600)
-"""
 
-TIME_WAIT = r"""
-import socket
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
-for _ in range({m}):
-    c = socket.create_connection(srv.getsockname())
-    a, _ = srv.accept()
-    c.close()
-    a.recv(1); a.close()
-"""
 
 
 def podman_env() -> Dict[str, str]:
@@ -128,12 +108,6 @@ def ss_count(pid: int, *filters: str) -> int:
     return len(out.splitlines())
 
 
-def hold(pid: int, n: int, u: int) -> subprocess.Popen:
-    proc = in_netns(pid, HOLD.format(n=n, u=u), background=True)
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    return proc
-
-
 @pytest.fixture
 def holders() -> Iterator[List[subprocess.Popen]]:
     procs: List[subprocess.Popen] = []
@@ -152,8 +126,8 @@ def test_podman_values_equal_docker_values_for_the_same_workload(
     didle = run_container(name="idle", network_mode="none")
     dpid = pid_of(twin)
     for pid in (ppid, dpid):
-        holders.append(hold(pid, n=3, u=2))
-        in_netns(pid, TIME_WAIT.format(m=4))
+        holders.append(background(pid, hold(3, udp=2)))
+        in_netns(pid, time_wait(4))
 
     via_podman, err = collect("--runtime", "podman", "--docker-host", podman_socket,
                               "--include", pname, "--include", pidle, "--log-level", "debug")
@@ -178,7 +152,7 @@ def test_podman_shared_namespace_is_reported_once(podman_socket: str, podman_run
                                                   holders: List[subprocess.Popen]) -> None:
     oid, owner, opid = podman_run("a-owner", "--network", "none")
     _, joiner, _ = podman_run("b-joiner", "--network", f"container:{oid}")
-    holders.append(hold(opid, n=2, u=0))
+    holders.append(background(opid, hold(2, udp=0)))
     got, err = collect("--runtime", "podman", "--docker-host", podman_socket,
                        "--include", f"{TEST_LABEL}=*", "--log-level", "debug")
     mine = {t: v for t, v in got.items() if owner in t or joiner in t}

@@ -16,31 +16,12 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from conftest import TEST_LABEL, in_netns, pid_of
+from integration.workloads import hold, time_wait
 
 pytestmark = pytest.mark.docker
 
 
-HOLD = r"""
-import socket, time
-srv = socket.socket(socket.AF_INET6)
-srv.bind(("::", 8080)); srv.listen(64)
-held = []
-for _ in range({n}):
-    held.append(socket.create_connection(("127.0.0.1", 8080)))
-    held.append(srv.accept()[0])
-print("ready", flush=True)
-time.sleep(600)
-"""
 
-TIME_WAIT = r"""
-import socket
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
-for _ in range({m}):
-    c = socket.create_connection(srv.getsockname())
-    a, _ = srv.accept()
-    c.close()
-    a.recv(1); a.close()
-"""
 
 
 def run(*args: str) -> Tuple[List[Dict[str, Any]], str]:
@@ -92,10 +73,10 @@ def test_proc_backend_reports_what_the_docker_backend_reports(
     bridged = run_container(name="bridged", network=bridge.name)
     run_container(name="hostnet", network_mode="host")
     for container, n in ((server, 3), (app, 2), (bridged, 1)):
-        proc = in_netns(pid_of(container), HOLD.format(n=n), background=True)
+        proc = in_netns(pid_of(container), hold(n), background=True)
         assert proc.stdout.readline().strip() == "ready"
         holders.append(proc)
-    in_netns(pid_of(bridged), TIME_WAIT.format(m=4))
+    in_netns(pid_of(bridged), time_wait(4))
 
     label = f"{TEST_LABEL}={server.labels[TEST_LABEL]}"
     via_docker, _ = run("--runtime", "docker", "--include", label, "--tcp-states")
