@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from container_netstat import procnet
 from container_netstat.discovery import POD_UID, Container
@@ -146,17 +146,21 @@ def read_netns(proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS
     return Readings(sockstat, sockstat6, snmp, netstat, states)
 
 
-def _read_resolving_again(
-    proc: ProcFS, resolver: PidResolver, container: Container, pid: int, groups: AbstractSet[str]
-) -> Readings:
-    """Read a namespace; if the pid is gone, the container may still run: resolve it once more."""
+T = TypeVar("T")
+
+
+def _retrying(resolver: PidResolver, container: Container, pid: int, read: Callable[[int], T]) -> Tuple[int, T]:
+    """(pid, read(pid)); if the pid is gone the container may still run: resolve it once more.
+
+    A pid from cgroup.procs can be a short-lived child that exits between the two reads.
+    """
     try:
-        return read_netns(proc, pid, groups)
+        return pid, read(pid)
     except ProcessGone:
         again = resolver.resolve([(container.id, container.labels.get(POD_UID, ""))]).get(container.id)
         if again is None or again.pid == pid:
             raise
-        return read_netns(proc, again.pid, groups)
+        return again.pid, read(again.pid)
 
 
 def collect(
@@ -195,18 +199,11 @@ def collect(
             gone.append(container.name)
             continue
         try:
-            key = proc.netns_key(found.pid)
+            pid, key = _retrying(resolver, container, found.pid, proc.netns_key)
         except ProcessGone:
-            # The pid may have been a short-lived process of a running container: ask once more.
-            again = resolver.resolve([(container.id, container.labels.get(POD_UID, ""))]).get(container.id)
-            try:
-                if again is None:
-                    raise
-                found, key = again, proc.netns_key(again.pid)
-            except ProcessGone:
-                log.warning("container %s: exited during the run; skipped", container.name)
-                gone.append(container.name)
-                continue
+            log.warning("container %s: exited during the run; skipped", container.name)
+            gone.append(container.name)
+            continue
         except ContainerNetstatError as err:
             log.error("container %s: cannot read its network namespace: %s", container.name, err)
             failed.append((container.name, str(err)))
@@ -215,7 +212,7 @@ def collect(
             log.debug("container %s: in the host's network namespace, not reported as a container", container.name)
             host_network.append(container.name)
             continue
-        by_key.setdefault(key, []).append((container, found.pid))
+        by_key.setdefault(key, []).append((container, pid))
 
     namespaces: List[NetnsStats] = []
     for key, entries in by_key.items():
@@ -226,7 +223,7 @@ def collect(
             log.debug("namespace %d: %s share it; owner %s", key, ", ".join(names), owner.name)
         for container, pid in sorted(entries, key=lambda e: e[0] is not owner):
             try:
-                readings = _read_resolving_again(proc, resolver, container, pid, groups)
+                pid, readings = _retrying(resolver, container, pid, lambda p: read_netns(proc, p, groups))
             except ProcessGone:
                 continue  # another member may still be there
             except ContainerNetstatError as err:
