@@ -20,6 +20,8 @@ missing=()
 for cmd in "${!provides[@]}"; do
   command -v "$cmd" >/dev/null || missing+=("${provides[$cmd]}")
 done
+# Debian's own interpreter runs the tool as an unprivileged user (test_least_privilege).
+[ -x /usr/bin/python3 ] || missing+=(python3)
 if ((${#missing[@]})); then
   echo "test: installing ${missing[*]}" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
