@@ -95,11 +95,12 @@ def _pick_owner(roots: Sequence[Container]) -> Container:
     return sorted(roots, key=lambda c: (not c.is_sandbox, c.name))[0]
 
 
-def _find(containers: Sequence[Container], ref: str) -> Optional[Container]:
-    for container in containers:
-        if ref in (container.id, container.name) or (len(ref) >= 12 and container.id.startswith(ref)):
-            return container
-    return None
+def _find(by_ref: Mapping[str, Container], containers: Sequence[Container], ref: str) -> Optional[Container]:
+    """The container a ``container:<ref>`` network mode names: full id or name, else an id prefix."""
+    found = by_ref.get(ref)
+    if found is None and len(ref) >= 12:
+        found = next((c for c in containers if c.id.startswith(ref)), None)
+    return found
 
 
 def read_host(proc: ProcFS) -> HostStats:
@@ -177,12 +178,13 @@ def collect(
 
     roots: List[Container] = []
     joiners: Dict[str, List[Container]] = {}
+    by_ref = {ref: c for c in containers for ref in (c.name, c.id)}
     for container in containers:
         if container.is_host_network:
             log.debug("container %s: host network, reported by the host, not as a container", container.name)
             host_network.append(container.name)
             continue
-        target = _find(containers, container.joins) if container.joins else None
+        target = _find(by_ref, containers, container.joins) if container.joins else None
         if target is not None and target is not container:
             joiners.setdefault(target.id, []).append(container)
         else:
