@@ -7,8 +7,10 @@ them (distribution backports reorder TcpExt, 6.x added ``Ip: OutTransmits``).
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+import sys
+from typing import Dict, List, Mapping
 
+from container_netstat.connections import STATE_NAMES, UNKNOWN_BACKLOG, TcpSocket, summarize
 from container_netstat.errors import ParseError
 
 Sections = Dict[str, Dict[str, int]]
@@ -81,23 +83,47 @@ def field(sections: Mapping[str, Mapping[str, int]], section: str, name: str, so
         raise ParseError(source, f"missing field {section}: {name}") from None
 
 
-# /proc/net/tcp "st" column (include/net/tcp_states.h).
-TCP_STATES = {
-    "01": "established",
-    "02": "syn_sent",
-    "03": "syn_recv",
-    "04": "fin_wait1",
-    "05": "fin_wait2",
-    "06": "time_wait",
-    "07": "close",
-    "08": "close_wait",
-    "09": "last_ack",
-    "0A": "listen",
-    "0B": "closing",
-}
-# A socket no process holds: inode 0 in a closing state (FACTS §1). TIME_WAIT
-# entries and pending requests (SYN_RECV) have inode 0 too but are not orphans.
-_ORPHAN_STATES = {"04", "05", "07", "09", "0B"}
+# /proc/net/tcp "st" column (include/net/tcp_states.h), as printed: two hex digits.
+TCP_STATES = {f"{number:02X}": name for number, name in STATE_NAMES.items()}
+_TCP_STATE_CODES = {code: number for number, code in ((n, f"{n:02X}") for n in STATE_NAMES)}
+# An IPv4-mapped IPv6 address in tcp6's rem_address: four 32-bit words, each printed in
+# host byte order (net/ipv6/tcp_ipv6.c get_tcp6_sock), so ::ffff: reads per byte order.
+_MAPPED_PREFIX = "0000000000000000" + ("FFFF0000" if sys.byteorder == "little" else "0000FFFF")
+
+
+def parse_tcp_sockets(text: str, source: str = "tcp") -> List[TcpSocket]:
+    """The sockets of /proc/net/tcp or tcp6: state, remote, queues and inode of each line.
+
+    The listener backlog is not in these files (tx_queue of a LISTEN line is not it),
+    so ``wqueue`` is ``UNKNOWN_BACKLOG``. Remote addresses are kept in the file's own
+    byte order, which is enough to tell remotes apart; an IPv4-mapped one in tcp6 is
+    reduced to its IPv4 part so that it matches the same remote in tcp.
+    """
+    lines = text.splitlines()
+    if not lines or not lines[0].split()[:1] == ["sl"]:
+        raise ParseError(source, "no 'sl local_address ...' header", 1)
+    sockets: List[TcpSocket] = []
+    for lineno, line in enumerate(lines[1:], 2):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 10:
+            raise ParseError(source, f"{len(fields)} fields, expected at least 10", lineno)
+        state = _TCP_STATE_CODES.get(fields[3].upper())
+        if state is None:
+            raise ParseError(source, f"unknown TCP state {fields[3]!r}", lineno)
+        address, _, port = fields[2].partition(":")
+        queues = fields[4].partition(":")
+        try:
+            if address.startswith(_MAPPED_PREFIX):
+                address = address[len(_MAPPED_PREFIX):]
+            peer = (bytes.fromhex(address), int(port, 16))
+            rqueue = int(queues[2], 16)
+            inode = int(fields[9])
+        except ValueError:
+            raise ParseError(source, f"malformed line {line.strip()[:80]!r}", lineno) from None
+        sockets.append(TcpSocket(state, peer, rqueue, UNKNOWN_BACKLOG, inode))
+    return sockets
 
 
 def parse_tcp_states(text: str, source: str = "tcp") -> Dict[str, int]:
@@ -105,20 +131,4 @@ def parse_tcp_states(text: str, source: str = "tcp") -> Dict[str, int]:
 
     The result always has every state name and ``orphan``, zero where none.
     """
-    counts = dict.fromkeys([*TCP_STATES.values(), "orphan"], 0)
-    lines = text.splitlines()
-    if not lines or not lines[0].split()[:1] == ["sl"]:
-        raise ParseError(source, "no 'sl local_address ...' header", 1)
-    for lineno, line in enumerate(lines[1:], 2):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) < 10:
-            raise ParseError(source, f"{len(fields)} fields, expected at least 10", lineno)
-        state = TCP_STATES.get(fields[3].upper())
-        if state is None:
-            raise ParseError(source, f"unknown TCP state {fields[3]!r}", lineno)
-        counts[state] += 1
-        if fields[9] == "0" and fields[3].upper() in _ORPHAN_STATES:
-            counts["orphan"] += 1
-    return counts
+    return dict(summarize(parse_tcp_sockets(text, source)).states)

@@ -1,0 +1,262 @@
+"""A namespace's TCP sockets: from the kernel by sock_diag inside it, else from /proc.
+
+The sock_diag path (decoding in ``sockdiag``): open ``/proc/<pid>/ns/net``, ``setns`` into
+it, create the NETLINK_SOCK_DIAG socket and open ``ip_local_port_range`` there, and go
+back to our own namespace at once, before the dump: a netlink socket answers for the
+namespace it was created in (``sock_net``), and a /proc/sys/net file for the namespace
+it was opened in (fs/proc/proc_sysctl.c, net/sysctl_net.c ``net_ctl_header_lookup``).
+setns changes only the calling thread, and ``_Home`` always brings it back, even on error.
+
+- setns needs CAP_SYS_ADMIN (kernel/nsproxy.c, net/core/net_namespace.c ``netns_install``).
+- Opening another process's ns file needs ptrace read access to it (fs/proc/namespaces.c):
+  a process with capabilities the caller lacks needs CAP_SYS_PTRACE.
+- An open ns file keeps a dying namespace alive, so after the dump the pid's namespace is
+  checked again: a different inode (or no process) means the container went away.
+
+Where setns or the ns file is refused (a docker-group user, a DaemonSet without those
+capabilities) the sockets come from ``/proc/<pid>/net/tcp{,6}``: the same states, orphans,
+listeners, accept queues and remotes, but no backlog (its tx_queue is not it) and no port
+range (readable only from inside), so fill and pressure percentages are left out there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional
+
+from container_netstat import connections, procnet, sockdiag
+from container_netstat.connections import TcpSocket, TcpSummary
+from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
+from container_netstat.procfs import ProcFS
+
+log = logging.getLogger(__name__)
+
+CLONE_NEWNET = 0x40000000
+SELF_NS = "/proc/thread-self/ns/net"  # our own thread's namespace, whatever --proc-root is
+PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+SOCK_DIAG, PROC = "sock_diag", "proc"
+RECV_BUFFER = 65536  # the kernel fills dump datagrams up to 32 KiB (net/netlink/af_netlink.c)
+NETLINK_TIMEOUT = 5.0
+
+
+class NotPermitted(ContainerNetstatError):
+    """setns or the namespace file was refused: this namespace is read from /proc."""
+
+
+class NamespaceGone(ProcessGone):
+    """The pid left the namespace that was dumped (it exited, or its pid was reused)."""
+
+
+class SockDiagUnsupported(ContainerNetstatError):
+    """The kernel refused both dump requests (no inet_diag): read from /proc."""
+
+
+def _libc_setns() -> Callable[[int, int], None]:
+    if hasattr(os, "setns"):  # Python 3.12+
+        return os.setns  # type: ignore[no-any-return]
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setns(fd: int, nstype: int) -> None:
+        if libc.setns(fd, nstype) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return setns
+
+
+@dataclass(frozen=True)
+class TcpReading:
+    """One namespace's TCP sockets, summarized, and how they were read."""
+
+    summary: TcpSummary
+    port_range: Optional[int]  # ephemeral ports of the namespace; None from /proc
+    path: str  # SOCK_DIAG or PROC
+
+
+class _Home:
+    """Enter a namespace for a few calls; the thread is back in its own on leaving."""
+
+    def __init__(self, setns: Callable[[int, int], None], home_fd: int, target_fd: int) -> None:
+        self.setns, self.home_fd, self.target_fd = setns, home_fd, target_fd
+
+    def __enter__(self) -> "_Home":
+        try:
+            self.setns(self.target_fd, CLONE_NEWNET)
+        except OSError as err:
+            raise NotPermitted(f"setns refused ({err.strerror}): needs CAP_SYS_ADMIN") from err
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Staying in a container's namespace would put every later read and the push there:
+        # not returning is not an error to carry on from.
+        self.setns(self.home_fd, CLONE_NEWNET)
+
+
+def parse_port_range(text: str, source: str = PORT_RANGE) -> int:
+    """``ip_local_port_range`` (``lo<TAB>hi``) -> how many ephemeral ports: hi - lo + 1."""
+    from container_netstat.errors import ParseError
+
+    parts = text.split()
+    try:
+        low, high = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        raise ParseError(source, f"expected two port numbers, got {text.strip()[:40]!r}") from None
+    if not 0 < low <= high <= 65535:
+        raise ParseError(source, f"not a port range: {low} {high}")
+    return high - low + 1
+
+
+class TcpReader:
+    """Reads each namespace's sockets by the cheapest path this process is allowed.
+
+    ``probe()`` once per run says whether sock_diag can be used at all (setns into our own
+    namespace needs the same capability as into any other); without it every namespace is
+    read from /proc. A single namespace whose ns file is refused is read from /proc too.
+    """
+
+    def __init__(self, proc: ProcFS, self_ns: str = SELF_NS) -> None:
+        self.proc = proc
+        self.self_ns = self_ns
+        self._setns = _libc_setns()
+        self._home_fd: Optional[int] = None
+        self.unavailable: Optional[str] = None  # why sock_diag is not used, once probed
+        self.request = "legacy"  # TCPDIAG_GETSOCK (one walk); "v2" once the kernel refused it
+        self.fallbacks: List[str] = []  # why some namespaces were read from /proc
+
+    def probe(self) -> Optional[str]:
+        """None if sock_diag can be used, else the reason (for the info line and doctor)."""
+        try:
+            self._home_fd = os.open(self.self_ns, os.O_RDONLY | os.O_CLOEXEC)
+            self._setns(self._home_fd, CLONE_NEWNET)
+        except OSError as err:
+            self.close()
+            self.unavailable = f"setns refused ({err.strerror}): needs CAP_SYS_ADMIN"
+            return self.unavailable
+        try:
+            _netlink_socket().close()
+        except SockDiagUnsupported as err:
+            self.close()
+            self.unavailable = str(err)
+        return self.unavailable
+
+    def close(self) -> None:
+        if self._home_fd is not None:
+            os.close(self._home_fd)
+            self._home_fd = None
+
+    def read(self, pid: int) -> TcpReading:
+        """The summary of one pid's namespace; ProcessGone if it went away meanwhile."""
+        if self._home_fd is not None and self.unavailable is None:
+            try:
+                return self._by_sock_diag(pid)
+            except (NotPermitted, SockDiagUnsupported) as err:
+                self._note_fallback(pid, str(err))
+        return self._by_proc(pid)
+
+    def _note_fallback(self, pid: int, why: str) -> None:
+        if not self.fallbacks:
+            log.info("TCP states: pid %d read from /proc/<pid>/net/tcp{,6}: %s", pid, why)
+        self.fallbacks.append(why)
+
+    def _by_proc(self, pid: int) -> TcpReading:
+        sockets: List[TcpSocket] = []
+        for name in ("tcp", "tcp6"):
+            if name == "tcp" or self.proc.has_net(pid, name):
+                text = self.proc.read_net(pid, name)
+                sockets += procnet.parse_tcp_sockets(text, self.proc.path(pid, "net", name))
+        return TcpReading(connections.summarize(sockets), None, PROC)
+
+    def _open_ns(self, pid: int) -> int:
+        path = self.proc.path(pid, "ns", "net")
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError) as err:
+            raise ProcessGone(pid, path) from err
+        except PermissionError as err:
+            raise NotPermitted(f"{path}: {err.strerror}: needs ptrace access (CAP_SYS_PTRACE)") from err
+        except OSError as err:
+            raise ProcReadError(f"{path}: {err.strerror or err}") from err
+
+    def _by_sock_diag(self, pid: int) -> TcpReading:
+        assert self._home_fd is not None
+        path = self.proc.path(pid, "ns", "net")
+        ns_fd = self._open_ns(pid)
+        try:
+            dumped = os.fstat(ns_fd).st_ino
+            with _Home(self._setns, self._home_fd, ns_fd):
+                sock = _netlink_socket()
+                range_text = _read_inside(PORT_RANGE)
+        finally:
+            os.close(ns_fd)
+        try:
+            sock.settimeout(NETLINK_TIMEOUT)
+            source = f"sock_diag of {path}"
+            summary = connections.summarize(self._dump(sock, source))
+        finally:
+            sock.close()
+        try:
+            now = os.stat(path).st_ino
+        except (FileNotFoundError, ProcessLookupError) as err:
+            raise ProcessGone(pid, path) from err
+        except OSError as err:
+            raise ProcReadError(f"{path}: {err.strerror or err}") from err
+        if now != dumped:
+            raise NamespaceGone(pid, path)
+        port_range = parse_port_range(range_text) if range_text is not None else None
+        return TcpReading(summary, port_range, SOCK_DIAG)
+
+    def _dump(self, sock: socket.socket, source: str) -> Iterator[TcpSocket]:
+        """The legacy request's one walk; the v2 pair where the kernel refuses it."""
+        if self.request == "legacy":
+            sock.send(sockdiag.legacy_request())
+            try:
+                # A list, so that a refusal shows before anything is counted.
+                return iter(sockdiag.decode_all(_replies(sock, source), source))
+            except sockdiag.DumpRefused as err:
+                log.info("sock_diag: the legacy TCPDIAG_GETSOCK request was refused (%s); using "
+                         "SOCK_DIAG_BY_FAMILY per family", err)
+                self.request = "v2"
+        found: List[TcpSocket] = []
+        for family in (sockdiag.AF_INET, sockdiag.AF_INET6):
+            sock.send(sockdiag.v2_request(family))
+            try:
+                found += sockdiag.decode(_replies(sock, source), source)
+            except sockdiag.DumpRefused as err:
+                if family == sockdiag.AF_INET6 and err.code in (errno.ENOENT, errno.EAFNOSUPPORT):
+                    continue  # no IPv6 in this kernel: no IPv6 sockets
+                raise SockDiagUnsupported(str(err)) from err
+        return iter(found)
+
+
+def _netlink_socket() -> socket.socket:
+    try:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, sockdiag.NETLINK_SOCK_DIAG)
+    except OSError as err:  # a seccomp filter or RestrictAddressFamilies= without AF_NETLINK
+        raise SockDiagUnsupported(f"no NETLINK_SOCK_DIAG socket ({err.strerror or err})") from err
+
+
+def _replies(sock: socket.socket, source: str) -> Iterator[bytes]:
+    while True:
+        try:
+            data = sock.recv(RECV_BUFFER)
+        except socket.timeout as err:
+            raise ProcReadError(f"{source}: no reply within {NETLINK_TIMEOUT:.0f} s") from err
+        except OSError as err:
+            raise ProcReadError(f"{source}: {err.strerror or err}") from err
+        if not data:
+            return
+        yield data
+
+
+def _read_inside(path: str) -> Optional[str]:
+    """A /proc/sys file as the current namespace sees it; None where the kernel has none."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except OSError:
+        return None

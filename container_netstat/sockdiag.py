@@ -1,0 +1,126 @@
+"""Pure codec for NETLINK_SOCK_DIAG TCP dumps: requests out, ``TcpSocket`` records in.
+
+No socket, no file and no logging here: the reader in ``netns`` sends the bytes and
+hands the replies in. Layouts are the kernel's UAPI (include/uapi/linux/netlink.h,
+inet_diag.h, sock_diag.h):
+
+- ``struct nlmsghdr``: u32 len, u16 type, u16 flags, u32 seq, u32 pid (16 bytes); every
+  message starts on a 4-byte boundary (NLMSG_ALIGN).
+- The legacy request ``TCPDIAG_GETSOCK`` (18) carries ``struct inet_diag_req``: family,
+  src_len, dst_len, ext (u8 each), a 48-byte ``inet_diag_sockid``, u32 states, u32 dbs.
+  The kernel answers it in ``inet_diag_dump_compat`` (net/ipv4/inet_diag.c), which sets
+  ``sdiag_family = AF_UNSPEC``: one walk of the TCP tables returns IPv4 and IPv6 sockets.
+- ``SOCK_DIAG_BY_FAMILY`` (20) carries ``struct inet_diag_req_v2``: family, protocol, ext,
+  pad (u8 each), u32 states, then the sockid: one family per request, so two requests.
+- Each reply is ``struct inet_diag_msg``: family, state, timer, retrans (u8 each), the
+  sockid (sport, dport big-endian; src, dst 16 bytes each; interface; cookie), then u32
+  expires, rqueue, wqueue, uid, inode. For a LISTEN socket rqueue is the accept queue and
+  wqueue the backlog (net/ipv4/tcp_diag.c ``tcp_diag_get_info``), as ``ss -ltn`` shows.
+- The dump ends with NLMSG_DONE; NLMSG_ERROR carries a negative errno.
+
+Request sockets are reported in state SYN_RECV and TIME_WAIT mini-sockets in their
+substate (TIME_WAIT, or FIN_WAIT2 for a closed FIN_WAIT2), as /proc/net/tcp shows them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from typing import Iterable, Iterator, List, Tuple
+
+from container_netstat.connections import STATE_NAMES, TcpSocket
+from container_netstat.errors import ContainerNetstatError, ParseError
+
+NETLINK_SOCK_DIAG = 4
+TCPDIAG_GETSOCK = 18
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+NLM_F_DUMP_INTR = 0x10  # the dump was interrupted and may be inconsistent
+AF_INET = 2
+AF_INET6 = 10
+IPPROTO_TCP = 6
+# The states /proc/net/tcp prints (connections.STATE_NAMES, bits 1-11); TCP_NEW_SYN_RECV (12)
+# and TCP_BOUND_INACTIVE (13, commit 91051f003948) are kernel-internal and outside the mask.
+STATE_MASK = sum(1 << state for state in STATE_NAMES)
+
+_HEADER = struct.Struct("=IHHII")
+_SOCKID_LEN = 48
+_MSG = struct.Struct("=BBBB2s2s16s16s12xIIIII")  # inet_diag_msg, 72 bytes
+_MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d
+
+
+class DumpRefused(ContainerNetstatError):
+    """The kernel answered the request with NLMSG_ERROR (errno, e.g. ENOENT: no inet_diag)."""
+
+    def __init__(self, source: str, code: int) -> None:
+        super().__init__(f"{source}: refused: {os.strerror(code) if code else 'error'} (errno {code})")
+        self.code = code
+
+
+def _request(kind: int, body: bytes, seq: int) -> bytes:
+    return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def legacy_request(seq: int = 1, states: int = STATE_MASK) -> bytes:
+    """TCPDIAG_GETSOCK with ``struct inet_diag_req``, family 0: both families in one walk."""
+    body = struct.pack("=BBBB48sII", 0, 0, 0, 0, bytes(_SOCKID_LEN), states, 0)
+    return _request(TCPDIAG_GETSOCK, body, seq)
+
+
+def v2_request(family: int, seq: int = 1, states: int = STATE_MASK) -> bytes:
+    """SOCK_DIAG_BY_FAMILY with ``struct inet_diag_req_v2`` for one family."""
+    body = struct.pack("=BBBBI48s", family, IPPROTO_TCP, 0, 0, states, bytes(_SOCKID_LEN))
+    return _request(SOCK_DIAG_BY_FAMILY, body, seq)
+
+
+def _peer(family: int, address: bytes, port: bytes) -> Tuple[bytes, int]:
+    if family == AF_INET:
+        address = address[:4]
+    elif address[:12] == _MAPPED:
+        address = address[12:]  # an IPv4 peer of a dual-stack socket: the same remote
+    return address, int.from_bytes(port, "big")
+
+
+def decode(replies: Iterable[bytes], source: str = "sock_diag") -> Iterator[TcpSocket]:
+    """The sockets of one dump, from its reply datagrams in order, up to NLMSG_DONE.
+
+    Sockets in a state outside 1-11 are skipped. Raises ParseError for a message cut
+    short, an interrupted dump, or replies that end before NLMSG_DONE, and DumpRefused
+    for NLMSG_ERROR: a dump is whole or it is an error, never a partial count.
+    """
+    for data in replies:
+        offset = 0
+        while offset < len(data):
+            if len(data) - offset < _HEADER.size:
+                raise ParseError(source, f"message header cut short at byte {offset}")
+            length, kind, flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+            if length < _HEADER.size or offset + length > len(data):
+                raise ParseError(source, f"message of {length} bytes at byte {offset} cut short")
+            if flags & NLM_F_DUMP_INTR:
+                raise ParseError(source, "dump interrupted: the socket tables changed under it")
+            body = offset + _HEADER.size
+            if kind == NLMSG_DONE:
+                code = struct.unpack_from("=i", data, body)[0] if length >= _HEADER.size + 4 else 0
+                if code < 0:
+                    raise DumpRefused(source, -code)
+                return
+            if kind == NLMSG_ERROR:
+                code = struct.unpack_from("=i", data, body)[0] if length >= _HEADER.size + 4 else -errno.EIO
+                raise DumpRefused(source, -code)
+            if length - _HEADER.size < _MSG.size:
+                raise ParseError(source, f"inet_diag_msg of {length - _HEADER.size} bytes, expected {_MSG.size}")
+            family, state, _t, _r, _sport, dport, _src, dst, _exp, rqueue, wqueue, _uid, inode = \
+                _MSG.unpack_from(data, body)
+            if state in STATE_NAMES:
+                yield TcpSocket(state, _peer(family, dst, dport), rqueue, wqueue, inode)
+            offset += (length + 3) & ~3
+    raise ParseError(source, "replies ended before NLMSG_DONE")
+
+
+def decode_all(replies: Iterable[bytes], source: str = "sock_diag") -> List[TcpSocket]:
+    """``decode`` into a list."""
+    return list(decode(replies, source))
