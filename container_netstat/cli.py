@@ -38,7 +38,7 @@ EXIT_LOST = 8  # items neither delivered nor kept: spool unwritable, or over its
 
 ENV_PREFIX = "CONTAINER_NETSTAT"
 OUTPUT_FORMATS = ("json", "prometheus", "table")
-SORT_COLUMNS = ("name", "estab", "inuse", "time_wait", "udp", "close_wait")  # table.SORT_KEYS
+SORT_COLUMNS = ("name", "estab", "inuse", "time_wait", "udp", "close_wait", "listen_fill")  # table.SORT_KEYS
 DEFAULT_FALCON_URL = "http://127.0.0.1:1988/v1/push"
 
 
@@ -107,6 +107,7 @@ def _parse_scopes(values: Tuple[str, ...]) -> Dict[str, str]:
 
 
 GROUP_NAMES = ("basic", "counters", "states")
+DEFAULT_METRICS = "basic,counters,states"
 
 
 def _parse_groups(value: str) -> "set[str]":
@@ -183,9 +184,38 @@ class _Source:
     var_root: str
 
 
+def _tcp_reader(proc: Any, groups: "set[str]", states_asked: bool) -> Any:
+    """The TCP states reader, probed once: sock_diag where setns works, else /proc/<pid>/net/tcp.
+
+    States are on by default only where sock_diag works; the /proc path costs about four
+    times a run without states, so there it is used only when asked for.
+    """
+    from container_netstat.collect import STATES
+    from container_netstat.netns import TcpReader
+
+    if STATES not in groups:
+        return None
+    reader = TcpReader(proc)
+    why = reader.probe()
+    if why is None:
+        log.info("TCP states: sock_diag inside each network namespace")
+    elif states_asked:
+        log.info("TCP states: from /proc/<pid>/net/tcp{,6} (%s): about 4x the cost of a run without them", why)
+    else:
+        groups.discard(STATES)
+        log.info("TCP states: off (%s); --tcp-states reads them from /proc/<pid>/net/tcp{,6} at about "
+                 "4x the cost of a run without them", why)
+        return None
+    return reader
+
+
 def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]",
-                   include: Tuple[str, ...] = (), exclude: Tuple[str, ...] = ()) -> "Tuple[Any, Any, Dict[str, str]]":
-    """Discover, resolve and read: (backend, snapshot, field scopes), or exit 3/4 with one line."""
+                   include: Tuple[str, ...] = (), exclude: Tuple[str, ...] = (),
+                   states_asked: bool = True) -> "Tuple[Any, Any, Dict[str, str]]":
+    """Discover, resolve and read: (backend, snapshot, field scopes), or exit 3/4 with one line.
+
+    ``groups`` loses ``states`` when they were not asked for and only /proc could give them.
+    """
     from container_netstat import collect as collecting
     from container_netstat import filters, metrics, runtimes
     from container_netstat.errors import ContainerNetstatError, DockerUnavailable
@@ -193,12 +223,13 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
     from container_netstat.procfs import ProcFS
 
     proc = ProcFS(source.proc_root)
+    tcp = _tcp_reader(proc, groups, states_asked)
     paths = runtimes.Paths(source.proc_root, source.run_root, source.var_root)
     backend = runtimes.choose(source.runtime, os.environ, source.docker_timeout, paths, source.docker_host)
     try:
         containers = filters.select(backend.containers(), include, exclude)
         resolver = PidResolver(proc, source.cgroup_root, source.run_root, inspect=backend.inspector())
-        snapshot = collecting.collect(containers, resolver, proc, groups)
+        snapshot = collecting.collect(containers, resolver, proc, groups, tcp)
         scopes = metrics.field_scopes(snapshot.host.kernel_release, overrides)
     except DockerUnavailable as err:
         raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {_redact(backend.where)}: {err}")
@@ -216,16 +247,20 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
               help="Write the snapshot in the Prometheus text format to PATH instead of pushing it, "
               "atomically (temp file, rename), for node_exporter's textfile collector: name it *.prom.")
 @click.option("--sort", "sort_by", type=click.Choice(SORT_COLUMNS), default="inuse", show_default=True,
-              help="Row order of --format table: name, or a column, largest first (close_wait needs --tcp-states).")
+              help="Row order of --format table: name, or a column, largest first (close_wait and "
+              "listen_fill need the states group).")
 @_source_options
 @click.option("--endpoint", default=None, metavar="NAME",
               help="Endpoint of every item. Default: this host's name, as the falcon-agent uses.")
 @click.option("--step", type=click.IntRange(min=1), default=60, show_default=True,
               help="Seconds between runs, sent as each item's step.")
-@click.option("--metrics", "metric_groups", default="basic,counters", show_default=True, metavar="GROUPS",
+@click.option("--metrics", "metric_groups", default=None, show_default=DEFAULT_METRICS, metavar="GROUPS",
               help="Comma-separated metric groups: basic (sockstat/snmp gauges), counters (snmp/netstat "
-              "COUNTERs), states (per-state TCP counts from /proc/<pid>/net/tcp{,6}: costs 2-5 ms per namespace).")
-@click.option("--tcp-states", is_flag=True, help="Add the states group: per-state TCP counts and per-namespace orphans.")
+              "COUNTERs), states (per-state TCP counts, orphans, listener queues, port pressure: one "
+              "sock_diag dump inside each namespace). By default states are left out where sock_diag "
+              "cannot be used (no CAP_SYS_ADMIN): /proc/<pid>/net/tcp{,6} would cost about 4x.")
+@click.option("--tcp-states", is_flag=True,
+              help="Add the states group even where only /proc/<pid>/net/tcp{,6} can give it.")
 @click.option("--include", multiple=True, metavar="PATTERN",
               help="Report only containers whose name matches this glob, or with label KEY=VALUE (glob). Repeatable.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
@@ -295,10 +330,13 @@ def collect(
     gc.disable()  # one short run that makes no reference cycles worth collecting: ~11 ms at 300 containers
     _setup_logging(log_level)
     overrides = _parse_scopes(field_scopes)
-    groups = _parse_groups(metric_groups) | ({"states"} if tcp_states else set())
+    groups = _parse_groups(metric_groups or DEFAULT_METRICS) | ({"states"} if tcp_states else set())
     printed = output_format or ("json" if dry_run else None)
-    if printed == "table" and sort_by == "close_wait" and "states" not in groups:
-        raise click.BadParameter("close_wait is measured only with --tcp-states", param_hint="--sort")
+    sort_states = printed == "table" and sort_by in ("close_wait", "listen_fill")
+    if sort_states and "states" not in groups:
+        raise click.BadParameter(f"{sort_by} is measured only with the states group (--tcp-states)",
+                                 param_hint="--sort")
+    states_asked = tcp_states or sort_states or (metric_groups is not None and "states" in groups)
     if textfile is not None and not Path(textfile).parent.is_dir():
         raise click.BadParameter(f"{textfile}: no such directory", param_hint="--textfile")
     pushing = printed is None and textfile is None
@@ -307,7 +345,7 @@ def collect(
     spool = _locked_spool(spool_dir, spool_max_age, spool_max_bytes) if pushing else None
 
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root)
-    _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude)
+    _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude, states_asked)
 
     from container_netstat import falcon, metrics  # here, so that --help stays fast
 
@@ -439,13 +477,20 @@ def doctor(
 
     _setup_logging(log_level)
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root)
-    backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic"})
+    from container_netstat.netns import TcpReader
+    from container_netstat.procfs import ProcFS
+
+    probe = TcpReader(ProcFS(proc_root))
+    unavailable = probe.probe()
+    probe.close()
+    backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic", "states"},
+                                               states_asked=False)
     where = _redact(backend.where)
     try:
         version = backend.version()
     except DockerUnavailable as err:
         raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {where}: {err}")
-    data = doctoring.report(snapshot, scopes, {"runtime": backend.name, "host": where, **version})
+    data = doctoring.report(snapshot, scopes, {"runtime": backend.name, "host": where, **version}, unavailable)
     if output_format == "json":
         click.echo(json.dumps(data, indent=2))
     else:

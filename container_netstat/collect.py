@@ -12,9 +12,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
-from container_netstat import procnet
+from container_netstat import connections, procnet
 from container_netstat.discovery import POD_UID, Container
 from container_netstat.errors import ContainerNetstatError, ProcessGone
+from container_netstat.netns import TcpReader, TcpReading
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
 
@@ -24,10 +25,11 @@ Tags = Tuple[Tuple[str, str], ...]
 HOST_PID = 1
 
 # What a run reads, by metric group: basic (sockstat, sockstat6, snmp), counters
-# (snmp, netstat), states (tcp, tcp6: walks the host-wide hash table, 2-5 ms each).
+# (snmp, netstat), states (one sock_diag dump inside the namespace, else tcp and tcp6:
+# both walk the host-wide TCP hash table; see netns.py).
 BASIC, COUNTERS, STATES = "basic", "counters", "states"
 GROUPS = (BASIC, COUNTERS, STATES)
-DEFAULT_GROUPS = frozenset({BASIC, COUNTERS})
+DEFAULT_GROUPS = frozenset({BASIC, COUNTERS, STATES})
 # The sections the metric catalogue reads; the rest of snmp/netstat (Ip, Icmp, IpExt,
 # MPTcpExt: hundreds of fields) is dropped at once, not kept for every namespace.
 SNMP_SECTIONS = ("Tcp", "Udp")
@@ -42,7 +44,7 @@ class Readings:
     sockstat6: procnet.Sections = field(default_factory=dict)
     snmp: procnet.Sections = field(default_factory=dict)
     netstat: procnet.Sections = field(default_factory=dict)
-    tcp_states: Mapping[str, int] = field(default_factory=dict)
+    tcp: Optional[TcpReading] = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,18 @@ class Snapshot:
     failed: Tuple[Tuple[str, str], ...]  # (container name, reason)
     host_network: Tuple[str, ...]
     pid_sources: Mapping[str, str] = field(default_factory=dict)  # container name -> source
+    tcp_path: Optional["TcpPath"] = None  # how TCP states were read; None without the group
+
+
+@dataclass(frozen=True)
+class TcpPath:
+    """How a run read TCP states: sock_diag inside each namespace, or /proc/<pid>/net/tcp{,6}."""
+
+    path: str  # netns.SOCK_DIAG or netns.PROC
+    reason: str  # why sock_diag is not used ("" when it is)
+    request: str  # the sock_diag request the kernel took: "legacy" (one walk) or "v2"
+    proc_fallbacks: Tuple[str, ...] = ()  # why single namespaces were read from /proc
+    skipped_empty: int = 0  # namespaces without a TCP socket: zeros, not dumped
 
 
 def identity_tags(members: Sequence[Container], owner: Container) -> Tags:
@@ -121,17 +135,26 @@ def _only(sections: procnet.Sections, keep: Tuple[str, ...]) -> procnet.Sections
     return {name: fields for name, fields in sections.items() if name in keep}
 
 
-def read_netns(proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS) -> Readings:
+def _tcp_sockets(sockstat: procnet.Sections, sockstat6: procnet.Sections, source: str) -> int:
+    """TCP sockets of a namespace by sockstat: inuse (IPv4 and IPv6) and TIME_WAIT."""
+    return (procnet.field(sockstat, "TCP", "inuse", source) + procnet.field(sockstat, "TCP", "tw", source)
+            + sockstat6.get("TCP6", {}).get("inuse", 0))
+
+
+def read_netns(
+    proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS, tcp: Optional[TcpReader] = None
+) -> Readings:
     """Read and parse what ``groups`` need from one pid's /proc/<pid>/net.
 
     sockstat6 and tcp6 are absent when IPv6 is disabled: then there are no IPv6 sockets.
+    A namespace whose sockstat shows no TCP socket at all is not dumped: its states are zeros.
     """
     sockstat: procnet.Sections = {}
     sockstat6: procnet.Sections = {}
     snmp: procnet.Sections = {}
     netstat: procnet.Sections = {}
-    states: Dict[str, int] = {}
-    if BASIC in groups:
+    states: Optional[TcpReading] = None
+    if BASIC in groups or STATES in groups:
         sockstat = _parse(proc, pid, "sockstat", procnet.parse_sockstat)
         if proc.has_net(pid, "sockstat6"):
             sockstat6 = _parse(proc, pid, "sockstat6", procnet.parse_sockstat)
@@ -140,10 +163,13 @@ def read_netns(proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS
     if COUNTERS in groups:
         netstat = _only(_parse(proc, pid, "netstat", procnet.parse_snmp), NETSTAT_SECTIONS)
     if STATES in groups:
-        for name in ("tcp", "tcp6"):
-            if name == "tcp" or proc.has_net(pid, name):
-                for state, count in _parse(proc, pid, name, procnet.parse_tcp_states).items():
-                    states[state] = states.get(state, 0) + count
+        reader = tcp or TcpReader(proc)
+        if _tcp_sockets(sockstat, sockstat6, proc.path(pid, "net", "sockstat")) == 0:
+            states = TcpReading(connections.empty(), None, reader.path, skipped=True)
+        else:
+            states = reader.read(pid)
+    if BASIC not in groups:
+        sockstat, sockstat6 = {}, {}
     return Readings(sockstat, sockstat6, snmp, netstat, states)
 
 
@@ -169,8 +195,16 @@ def collect(
     resolver: PidResolver,
     proc: ProcFS,
     groups: AbstractSet[str] = DEFAULT_GROUPS,
+    tcp: Optional[TcpReader] = None,
 ) -> Snapshot:
-    """Read every container namespace once; see the module docstring."""
+    """Read every container namespace once; see the module docstring.
+
+    ``tcp`` reads TCP states (probed by the caller); one is made here if the group is asked
+    for without it.
+    """
+    if STATES in groups and tcp is None:
+        tcp = TcpReader(proc)
+        tcp.probe()
     host = read_host(proc)
     gone: List[str] = []
     failed: List[Tuple[str, str]] = []
@@ -225,7 +259,7 @@ def collect(
             log.debug("namespace %d: %s share it; owner %s", key, ", ".join(names), owner.name)
         for container, pid in sorted(entries, key=lambda e: e[0] is not owner):
             try:
-                pid, readings = _retrying(resolver, container, pid, lambda p: read_netns(proc, p, groups))
+                pid, readings = _retrying(resolver, container, pid, lambda p: read_netns(proc, p, groups, tcp))
             except ProcessGone:
                 continue  # another member may still be there
             except ContainerNetstatError as err:
@@ -255,4 +289,10 @@ def collect(
         failed=tuple(failed),
         host_network=tuple(host_network),
         pid_sources={c.name: resolved[c.id].source for c in roots if c.id in resolved},
+        tcp_path=_tcp_path(tcp, namespaces) if tcp is not None else None,
     )
+
+
+def _tcp_path(tcp: TcpReader, namespaces: Sequence[NetnsStats]) -> TcpPath:
+    skipped = sum(1 for ns in namespaces if ns.readings.tcp is not None and ns.readings.tcp.skipped)
+    return TcpPath(tcp.path, tcp.unavailable or "", tcp.request, tuple(tcp.fallbacks), skipped)

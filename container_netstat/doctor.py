@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from container_netstat.collect import Snapshot
-from container_netstat.metrics import HOST, HOST_METRICS, NETNS_METRICS, PREFIX, SCOPE_TABLE
+from container_netstat.metrics import HOST, HOST_METRICS, NETNS_METRICS, PORT_RANGE_SCOPE, PREFIX, SCOPE_TABLE, kernel_version
 
 CLOSE_WAIT_NOTE = (
     "Tcp: CurrEstab counts CLOSE_WAIT too on kernels with commit a46d0ea5c942 (2024, also in "
@@ -29,7 +29,30 @@ def metric_scopes(scopes: Mapping[str, str]) -> Dict[str, str]:
     return out
 
 
-def report(snapshot: Snapshot, scopes: Mapping[str, str], docker: Mapping[str, Any]) -> Dict[str, Any]:
+def tcp_states(snapshot: Snapshot, unavailable: Optional[str]) -> Dict[str, Any]:
+    """How TCP states are read on this host, and why: the path, its reason, its limits."""
+    since, why = PORT_RANGE_SCOPE
+    version = kernel_version(snapshot.host.kernel_release)
+    per_netns = version is not None and version >= since
+    path = snapshot.tcp_path
+    info: Dict[str, Any] = {
+        "path": "sock_diag" if unavailable is None else "proc",
+        "default": "on" if unavailable is None else "off: --tcp-states reads /proc/<pid>/net/tcp{,6} (about 4x the cost)",
+        "why": "setns into each namespace and one NETLINK_SOCK_DIAG dump" if unavailable is None else unavailable,
+        "request": path.request if path is not None else "",
+        "read_from_proc": list(path.proc_fallbacks) if path is not None else [],
+        "empty_namespaces_not_dumped": path.skipped_empty if path is not None else 0,
+        "port_range": ("per network namespace" if per_netns else "the host's (kernel before 3.18)")
+        + f": {why}",
+    }
+    if unavailable is not None:
+        info["omitted"] = ("tcp.listen.fill_max_pct, tcp.listen.near_full and tcp.ports.pressure_pct: "
+                           "/proc/<pid>/net/tcp has no backlog, and the port range is readable only inside")
+    return info
+
+
+def report(snapshot: Snapshot, scopes: Mapping[str, str], docker: Mapping[str, Any],
+           unavailable: Optional[str] = None) -> Dict[str, Any]:
     """The doctor report as plain data (the CLI prints it as JSON or text)."""
     namespaces: List[Dict[str, Any]] = [
         {
@@ -49,6 +72,7 @@ def report(snapshot: Snapshot, scopes: Mapping[str, str], docker: Mapping[str, A
         },
         "metrics": metric_scopes(scopes),
         "established_note": CLOSE_WAIT_NOTE,
+        "tcp_states": tcp_states(snapshot, unavailable),
         "docker": dict(docker),
         "containers": snapshot.containers,
         "namespaces": namespaces,
@@ -75,6 +99,16 @@ def format_text(data: Mapping[str, Any]) -> str:
     for name, scope in data["metrics"].items():
         lines.append(f"  {name:<40} {scope}")
     lines.append(f"  note: {data['established_note']}")
+    lines.append("")
+    tcp = data["tcp_states"]
+    lines.append(f"TCP states    {tcp['path']} ({tcp['why']}); by default {tcp['default']}")
+    if tcp["request"]:
+        lines.append(f"  request     {tcp['request']}; {tcp['empty_namespaces_not_dumped']} empty namespaces not dumped")
+    lines.append(f"  port range  {tcp['port_range']}")
+    if tcp.get("omitted"):
+        lines.append(f"  omitted     {tcp['omitted']}")
+    for reason in sorted(set(tcp["read_from_proc"])):
+        lines.append(f"  from /proc  {reason}")
     lines.append("")
     lines.append("namespaces:")
     for ns in data["namespaces"]:

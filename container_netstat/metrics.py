@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat import procnet
+from container_netstat.connections import NEAR_FULL_PERCENT, STATE_NAMES, TcpSummary
+from container_netstat.netns import SOCK_DIAG
 from container_netstat.collect import (
     BASIC,
     COUNTERS,
@@ -48,6 +50,9 @@ SCOPE_TABLE: Dict[str, Tuple[Tuple[int, int], str]] = {
     "tw": ((4, 13), "per-netns tcp_death_row, 'Namespaceify tcp_max_tw_buckets'"),
     "sockets_used": ((4, 16), "commit 648845ab7e20 'sock: Move the socket inuse to namespace'"),
 }
+# net.ipv4.ip_local_port_range is read inside each namespace either way: before this the
+# host's range is the one that applies there, so tcp.ports.pressure_pct holds on both sides.
+PORT_RANGE_SCOPE = ((3, 18), "commit 0bbf87d852d7 'net ipv4: Convert ipv4.ip_local_port_range to be per netns'")
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,9 @@ def field_scopes(release: str, overrides: Optional[Mapping[str, str]] = None) ->
     return scopes
 
 
-Getter = Callable[[Readings], int]
+# A value, or None where the namespace has none (no listener; no backlog or port range
+# on the /proc path): the sample is then left out, never reported as 0.
+Getter = Callable[[Readings], Optional[int]]
 
 
 @dataclass(frozen=True)
@@ -119,11 +126,36 @@ def _counter(name: str, file: str, section: str, field: str, meaning: str) -> Me
     return Metric(name, COUNTERS, COUNTER, f"{file} {section}: {field}", meaning, get, optional=True)
 
 
+STATES_SOURCE = "sock_diag dump inside the namespace, else /proc/<pid>/net/tcp{,6}"
+
+
+def _tcp(r: Readings) -> TcpSummary:
+    if r.tcp is None:
+        raise ParseError("tcp", "TCP states were not read")
+    return r.tcp.summary
+
+
 def _state(state: str) -> Metric:
     return Metric(
-        f"tcp.state.{state}", STATES, GAUGE, "tcp + tcp6 st column",
-        f"TCP sockets in {state.upper()}", lambda r: r.tcp_states[state],
+        f"tcp.state.{state}", STATES, GAUGE, STATES_SOURCE,
+        f"TCP sockets in {state.upper()}" + (" (the number of listeners)" if state == "listen" else ""),
+        lambda r: _tcp(r).states[state],
     )
+
+
+def _listening(value: Callable[[TcpSummary], Optional[int]]) -> Getter:
+    """A listener figure, left out for a namespace without a listener."""
+    return lambda r: value(_tcp(r)) if _tcp(r).listeners else None
+
+
+def _pressure(r: Readings) -> Optional[int]:
+    """Port pressure in percent of the namespace's ephemeral range; 0 when no two sockets
+    share a remote, whatever the range; None where the range is unknown (/proc path)."""
+    summary, reading = _tcp(r), r.tcp
+    assert reading is not None
+    if reading.port_range:
+        return summary.peer_max * 100 // reading.port_range
+    return 0 if summary.peer_max == 0 and reading.path == SOCK_DIAG else None
 
 
 NETNS_METRICS: Tuple[Metric, ...] = (
@@ -168,11 +200,37 @@ NETNS_METRICS: Tuple[Metric, ...] = (
     _counter("udp.rcvbuf_errors", "snmp", "Udp", "RcvbufErrors", "datagrams dropped: receive buffer full"),
     _counter("udp.sndbuf_errors", "snmp", "Udp", "SndbufErrors", "datagrams dropped: send buffer full"),
     _counter("udp.no_ports", "snmp", "Udp", "NoPorts", "datagrams to a port nobody listens on"),
-    *(_state(state) for state in procnet.TCP_STATES.values()),
+    *(_state(state) for state in STATE_NAMES.values()),
     Metric(
-        "tcp.orphan", STATES, GAUGE, "tcp + tcp6: inode 0 in FIN_WAIT1/2, CLOSE, LAST_ACK, CLOSING",
+        "tcp.orphan", STATES, GAUGE, STATES_SOURCE + ": inode 0 in FIN_WAIT1/2, CLOSE, LAST_ACK, CLOSING",
         "TCP sockets of this namespace no process holds (sockstat's orphan is host-wide)",
-        lambda r: r.tcp_states["orphan"],
+        lambda r: _tcp(r).states["orphan"],
+    ),
+    Metric(
+        "tcp.listen.queue_max", STATES, GAUGE, STATES_SOURCE + ": a LISTEN socket's receive queue",
+        "the longest accept queue of any listener: connections the application has not accepted yet",
+        _listening(lambda t: t.queue_max),
+    ),
+    Metric(
+        "tcp.listen.fill_max_pct", STATES, GAUGE, "sock_diag: LISTEN rqueue * 100 / wqueue (backlog; 0 counts as 1)",
+        "the fullest listener's accept queue in percent of its backlog; above 100 SYNs are dropped",
+        _listening(lambda t: t.fill_max_percent),
+    ),
+    Metric(
+        "tcp.listen.near_full", STATES, GAUGE, f"sock_diag: listeners at or above {NEAR_FULL_PERCENT} % fill",
+        f"listeners whose accept queue is at or above {NEAR_FULL_PERCENT} % of its backlog",
+        _listening(lambda t: t.near_full),
+    ),
+    Metric(
+        "tcp.ports.peer_max", STATES, GAUGE, STATES_SOURCE + ": sockets per remote (address, port)",
+        "the most sockets (LISTEN left out, TIME_WAIT in) connected to one remote address and port",
+        lambda r: _tcp(r).peer_max,
+    ),
+    Metric(
+        "tcp.ports.pressure_pct", STATES, GAUGE,
+        "tcp.ports.peer_max * 100 / the namespace's net.ipv4.ip_local_port_range (hi - lo + 1)",
+        "how much of the ephemeral port range the busiest remote uses: at 100 connect() to it fails",
+        _pressure,
     ),
 )
 
@@ -216,6 +274,8 @@ def netns_samples(ns: NetnsStats, scopes: Mapping[str, str], groups: AbstractSet
             if m.optional:
                 continue  # this kernel does not have the counter
             raise
+        if value is None:
+            continue
         samples.append(Sample(PREFIX + m.name, value, m.counter_type, ns.tags))
     return samples
 
@@ -223,11 +283,12 @@ def netns_samples(ns: NetnsStats, scopes: Mapping[str, str], groups: AbstractSet
 def host_samples(host: HostStats, scopes: Mapping[str, str]) -> List[Sample]:
     """Host-wide samples, once per run: global fields, and kernel-dependent ones where global."""
     readings = Readings(sockstat=host.sockstat)
-    return [
-        Sample(PREFIX + m.name, m.get(readings), m.counter_type)
-        for m in HOST_METRICS
-        if _emitted(m, scopes, {BASIC}, HOST)
-    ]
+    samples = []
+    for m in HOST_METRICS:
+        value = m.get(readings) if _emitted(m, scopes, {BASIC}, HOST) else None
+        if value is not None:
+            samples.append(Sample(PREFIX + m.name, value, m.counter_type))
+    return samples
 
 
 def snapshot_samples(

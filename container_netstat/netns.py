@@ -76,6 +76,7 @@ class TcpReading:
     summary: TcpSummary
     port_range: Optional[int]  # ephemeral ports of the namespace; None from /proc
     path: str  # SOCK_DIAG or PROC
+    skipped: bool = False  # not dumped: sockstat showed no TCP socket at all
 
 
 class _Home:
@@ -143,6 +144,11 @@ class TcpReader:
             self.close()
             self.unavailable = str(err)
         return self.unavailable
+
+    @property
+    def path(self) -> str:
+        """SOCK_DIAG once probed and usable, else PROC."""
+        return SOCK_DIAG if self._home_fd is not None and self.unavailable is None else PROC
 
     def close(self) -> None:
         if self._home_fd is not None:

@@ -2,7 +2,8 @@
 
 Built from the same samples as the other outputs, so it shows exactly what would be
 pushed. A column whose metric was not collected (CLOSE_WAIT without the states group,
-TIME_WAIT on a kernel where it is host-wide) reads ``-``.
+LISTEN_FILL without a listener or without sock_diag, TIME_WAIT on a kernel where it is
+host-wide) reads ``-``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ COLUMNS: Tuple[Column, ...] = (
     Column("INUSE", PREFIX + "tcp.inuse"),
     Column("TIME_WAIT", PREFIX + "tcp.timewait"),
     Column("UDP", PREFIX + "udp.inuse"),
-    Column("CLOSE_WAIT", PREFIX + "tcp.state.close_wait", optional=True),
+    Column("CLOSE_WAIT", PREFIX + "tcp.state.close_wait"),
+    # The fullest listener's accept queue in percent of its backlog: above 100 SYNs are dropped.
+    Column("LISTEN_FILL", PREFIX + "tcp.listen.fill_max_pct"),
 )
 NAME = "name"
 SORT_KEYS: Tuple[str, ...] = (NAME, *(c.header.lower() for c in COLUMNS))
 DEFAULT_SORT = "inuse"
-_WARN = {"close_wait"}  # non-zero values worth a colour: a CLOSE_WAIT is an application not closing
+# Values worth a colour: a CLOSE_WAIT is an application not closing (any non-zero count);
+# a listener at or above 80 % of its backlog is about to drop connections.
+_WARN = {"close_wait": 1, "listen_fill": 80}
 
 _COLLECTOR = {
     "containers": PREFIX + "collector.containers",
@@ -139,10 +144,15 @@ def render(
         values = cells[id(row)]
         paint = None
         if color:
-            paint = [YELLOW if c.header.lower() in _WARN and row.values.get(c.header) else "" for c in shown]
+            paint = [YELLOW if _warns(c.header, row.values.get(c.header)) else "" for c in shown]
         out.append(line(_shorten(row.name, name_width), values, paint))
     out.append(_summary(summary, len(table)))
     return "\n".join(out)
+
+
+def _warns(header: str, value: Optional[int]) -> bool:
+    threshold = _WARN.get(header.lower())
+    return threshold is not None and value is not None and value >= threshold
 
 
 def _cell(value: Optional[int]) -> str:

@@ -7,12 +7,16 @@ from typing import Dict
 
 import pytest
 
-from container_netstat import metrics, procnet
+from container_netstat import connections, metrics, procnet
+from container_netstat.netns import PROC, TcpReading
 from container_netstat.collect import HostStats, NetnsStats, Readings, Snapshot
 from container_netstat.discovery import Container
 from container_netstat.errors import ContainerNetstatError
 
 from conftest import PROC_NET
+
+
+BASIC_COUNTERS = {"basic", "counters"}
 
 
 def _ns(folder: str, tags=(("container", "web"),)) -> NetnsStats:
@@ -115,7 +119,7 @@ def test_modern_kernel_host_metrics_are_only_the_global_ones() -> None:
 
 def test_no_container_ever_carries_orphan_alloc_or_mem() -> None:
     for release in ("2.6.32", "4.14", "6.18"):
-        for sample in metrics.netns_samples(_ns("linux-6.18-server"), metrics.field_scopes(release)):
+        for sample in metrics.netns_samples(_ns("linux-6.18-server"), metrics.field_scopes(release), BASIC_COUNTERS):
             assert not any(word in sample.metric for word in ("orphan", "alloc", "mem"))
 
 
@@ -132,7 +136,7 @@ def test_snapshot_counts_a_namespace_missing_a_field_as_failed(caplog) -> None:
                         "tags": (("container", "bad"),),
                         "owner": Container("b" * 64, "bad", "default")})
     snap = Snapshot(_host("linux-6.18-host", "6.18"), (good, bad), 3, (), (), ())
-    samples, failed = metrics.snapshot_samples(snap, metrics.field_scopes("6.18"))
+    samples, failed = metrics.snapshot_samples(snap, metrics.field_scopes("6.18"), BASIC_COUNTERS)
     assert [name for name, _ in failed] == ["bad"]
     assert "missing field Tcp: CurrEstab" in caplog.text
     values = {(s.metric, s.tags): s.value for s in samples}
@@ -181,12 +185,15 @@ def _ns_snmp_netstat(folder: str) -> NetnsStats:
 
 def test_tcp_states_and_per_namespace_orphans() -> None:
     d = PROC_NET / "linux-6.18-states"
-    states = procnet.parse_tcp_states((d / "tcp").read_text())
-    for key, value in procnet.parse_tcp_states((d / "tcp6").read_text()).items():
-        states[key] += value
+    sockets = procnet.parse_tcp_sockets((d / "tcp").read_text()) + procnet.parse_tcp_sockets((d / "tcp6").read_text())
+    reading = TcpReading(connections.summarize(sockets), None, PROC)
     ns = NetnsStats(owner=Container("a" * 64, "web", "default"), members=("web",), pid=1, key=1,
-                    tags=(("container", "web"),), readings=Readings(tcp_states=states))
+                    tags=(("container", "web"),), readings=Readings(tcp=reading))
     values = _values(metrics.netns_samples(ns, metrics.field_scopes("6.18"), {"states"}))
+    # The /proc path has no backlog and no port range: those two percentages are left out.
+    assert values.pop("tcp.listen.queue_max") == 0  # one listener, nothing queued
+    assert values.pop("tcp.ports.peer_max") == 7  # 3 ESTABLISHED, 2 FIN_WAIT2, 2 TIME_WAIT to 127.0.0.1:8080
+    assert "tcp.listen.fill_max_pct" not in values and "tcp.ports.pressure_pct" not in values
     assert values["tcp.state.established"] == 6
     assert values["tcp.state.close_wait"] == 2
     assert values["tcp.state.fin_wait2"] == 2

@@ -16,7 +16,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def namespace(tags: Tags, estab: int, inuse: int, tw: Optional[int], udp: int,
-              close_wait: Optional[int] = None) -> List[Sample]:
+              close_wait: Optional[int] = None, fill: Optional[int] = None) -> List[Sample]:
     samples = [
         Sample("container.net.tcp.established", estab, GAUGE, tags),
         Sample("container.net.tcp.inuse", inuse, GAUGE, tags),
@@ -27,6 +27,8 @@ def namespace(tags: Tags, estab: int, inuse: int, tw: Optional[int], udp: int,
         samples.append(Sample("container.net.tcp.timewait", tw, GAUGE, tags))
     if close_wait is not None:
         samples.append(Sample("container.net.tcp.state.close_wait", close_wait, GAUGE, tags))
+    if fill is not None:
+        samples.append(Sample("container.net.tcp.listen.fill_max_pct", fill, GAUGE, tags))
     return samples
 
 
@@ -43,26 +45,26 @@ WEB: Tags = (("container", "web-1"),)
 CART: Tags = (("namespace", "shop"), ("pod", "cart-7d9f8c6b5-x2x4q"))
 BATCH: Tags = (("container", "batch"),)
 
-STATES = (namespace(WEB, 3, 10, 200, 1, 0) + namespace(CART, 12, 14, 0, 2, 37) + namespace(BATCH, 0, 1, 28000, 0, 0)
-          + collector(5, 3, 1))
+STATES = (namespace(WEB, 3, 10, 200, 1, 0, 25) + namespace(CART, 12, 14, 0, 2, 37, 150)
+          + namespace(BATCH, 0, 1, 28000, 0, 0, 0) + collector(5, 3, 1))
 BASIC = namespace(WEB, 3, 10, 200, 1) + namespace(CART, 12, 14, 0, 2) + namespace(BATCH, 0, 1, 28000, 0) + collector(4, 3, 0)
 
 
 def test_snapshot_default_order_is_sockets_in_use_largest_first() -> None:
     assert table.render(STATES) == """\
-NAME                       ESTAB  INUSE  TIME_WAIT  UDP  CLOSE_WAIT
-shop/cart-7d9f8c6b5-x2x4q     12     14          0    2          37
-web-1                          3     10        200    1           0
-batch                          0      1      28000    0           0
+NAME                       ESTAB  INUSE  TIME_WAIT  UDP  CLOSE_WAIT  LISTEN_FILL
+shop/cart-7d9f8c6b5-x2x4q     12     14          0    2          37          150
+web-1                          3     10        200    1           0           25
+batch                          0      1      28000    0           0            0
 3 namespaces, 5 running containers, 1 could not be read"""
 
 
-def test_snapshot_without_the_states_group_has_no_close_wait_column() -> None:
+def test_snapshot_without_the_states_group_shows_dashes_for_close_wait_and_fill() -> None:
     assert table.render(BASIC, sort="time_wait") == """\
-NAME                       ESTAB  INUSE  TIME_WAIT  UDP
-batch                          0      1      28000    0
-web-1                          3     10        200    1
-shop/cart-7d9f8c6b5-x2x4q     12     14          0    2
+NAME                       ESTAB  INUSE  TIME_WAIT  UDP  CLOSE_WAIT  LISTEN_FILL
+batch                          0      1      28000    0           -            -
+web-1                          3     10        200    1           -            -
+shop/cart-7d9f8c6b5-x2x4q     12     14          0    2           -            -
 3 namespaces, 4 running containers"""
 
 
@@ -70,15 +72,16 @@ def test_snapshot_by_name_with_a_column_the_kernel_does_not_give_per_namespace()
     # On a kernel where TIME_WAIT is host-wide there is no per-namespace value: "-", sorted last.
     samples = namespace(WEB, 3, 10, None, 1) + namespace(BATCH, 0, 1, None, 0) + collector(2, 2, 0)
     assert table.render(samples, sort="name") == """\
-NAME   ESTAB  INUSE  TIME_WAIT  UDP
-batch      0      1          -    0
-web-1      3     10          -    1
+NAME   ESTAB  INUSE  TIME_WAIT  UDP  CLOSE_WAIT  LISTEN_FILL
+batch      0      1          -    0           -            -
+web-1      3     10          -    1           -            -
 2 namespaces, 2 running containers"""
     assert [r.name for r in table.sort_rows(table.rows(samples)[0], "time_wait")] == ["batch", "web-1"]
 
 
 def test_no_namespaces() -> None:
-    assert table.render(collector(0, 0, 0)) == "NAME  ESTAB  INUSE  TIME_WAIT  UDP\n0 namespaces, 0 running containers"
+    assert table.render(collector(0, 0, 0)) == (
+        "NAME  ESTAB  INUSE  TIME_WAIT  UDP  CLOSE_WAIT  LISTEN_FILL\n0 namespaces, 0 running containers")
 
 
 @pytest.mark.parametrize("key", table.SORT_KEYS)
@@ -107,17 +110,17 @@ def test_the_cli_offers_exactly_the_table_sort_keys() -> None:
 
 def test_long_names_are_cut_in_the_middle_to_fit_80_columns() -> None:
     long_pod = (("namespace", "payments-production"), ("pod", "ledger-reconciliation-worker-6f7d8c9b4-zq2xw"))
-    samples = namespace(long_pod, 123456, 234567, 345678, 4567, 56789) + namespace(WEB, 1, 1, 1, 1, 1)
+    samples = namespace(long_pod, 123456, 234567, 345678, 4567, 56789, 100) + namespace(WEB, 1, 1, 1, 1, 1, 1)
     lines = table.render(samples).splitlines()
     assert max(len(line) for line in lines) == 80
-    assert lines[1].startswith("payments-producti..-6f7d8c9b4-zq2xw  ")
-    assert lines[1].endswith("  123456  234567     345678  4567       56789")
+    assert lines[1].startswith("payments-p..c9b4-zq2xw  ")
+    assert lines[1].endswith("  123456  234567     345678  4567       56789          100")
 
 
 def test_a_narrower_width_keeps_a_readable_name() -> None:
     lines = table.render(STATES, width=50).splitlines()
     assert lines[1].startswith("shop/ca..5-x2x4q ")  # never below 16 characters of name
-    assert all(len(line) <= 60 for line in lines)
+    assert all(len(line) <= 16 + len("  ESTAB  INUSE  TIME_WAIT  UDP  CLOSE_WAIT  LISTEN_FILL") for line in lines)
 
 
 def test_names_from_labels_cannot_send_terminal_escapes() -> None:
@@ -138,13 +141,15 @@ def test_colour_only_when_asked_and_alignment_unchanged() -> None:
     assert ANSI.sub("", coloured) == plain
     assert coloured.startswith("\x1b[1mNAME")
     assert "\x1b[33m37\x1b[0m" in coloured  # a CLOSE_WAIT that is not zero
-    assert coloured.count("\x1b[33m") == 1
+    assert "\x1b[33m150\x1b[0m" in coloured  # a listener above 80 % of its backlog
+    assert coloured.count("\x1b[33m") == 2
 
 
-def test_close_wait_sort_without_tcp_states_is_a_usage_error() -> None:
-    result = CliRunner().invoke(cli.main, ["collect", "--format", "table", "--sort", "close_wait"])
+@pytest.mark.parametrize("key", ["close_wait", "listen_fill"])
+def test_a_states_sort_without_the_states_group_is_a_usage_error(key: str) -> None:
+    result = CliRunner().invoke(cli.main, ["collect", "--format", "table", "--metrics", "basic", "--sort", key])
     assert result.exit_code == 2
-    assert "--tcp-states" in result.output
+    assert "states group" in result.output
 
 
 def test_help_names_the_output_options() -> None:

@@ -349,10 +349,11 @@ def test_table_of_real_containers_piped_and_in_a_terminal(scene: Dict[str, Any])
     assert piped.returncode == 0, piped.stderr
     assert "\x1b" not in piped.stdout
     lines = piped.stdout.rstrip("\n").splitlines()
-    assert lines[0].split() == ["NAME", "ESTAB", "INUSE", "TIME_WAIT", "UDP", "CLOSE_WAIT"]
+    assert lines[0].split() == ["NAME", "ESTAB", "INUSE", "TIME_WAIT", "UDP", "CLOSE_WAIT", "LISTEN_FILL"]
     assert all(len(line) <= 80 for line in lines)
     rows = table_rows(piped.stdout)
-    assert rows[scene["server"].name] == [str(2 * N_CLIENTS), str(2 * N_CLIENTS + 1), "0", "5", "0"]
+    # Its listener has accepted every client: an empty accept queue, 0 % of its backlog.
+    assert rows[scene["server"].name] == [str(2 * N_CLIENTS), str(2 * N_CLIENTS + 1), "0", "5", "0", "0"]
     assert rows[scene["leaky"].name][4] == "3"
     assert "shop/cart-1" in rows
     assert list(rows)[0] == scene["server"].name  # most sockets in use first
@@ -360,12 +361,13 @@ def test_table_of_real_containers_piped_and_in_a_terminal(scene: Dict[str, Any])
 
     env = dict(os.environ)
     env.pop("NO_COLOR", None)
-    shown = run_in_terminal([*only_ours, "--sort", "close_wait"], env)
+    # A terminal as wide as the pipe's 80 columns: names are cut alike, rows compare equal.
+    shown = run_in_terminal([*only_ours, "--sort", "close_wait"], env, columns=80)
     assert "\x1b[1mNAME" in shown and "\x1b[33m3\x1b[0m" in shown
     assert list(table_rows(shown))[0] == scene["leaky"].name
     assert table_rows(shown) == rows
 
-    plain = run_in_terminal(only_ours, {**env, "NO_COLOR": "1"})
+    plain = run_in_terminal(only_ours, {**env, "NO_COLOR": "1"}, columns=80)
     assert "\x1b" not in plain
     assert table_rows(plain) == rows
 

@@ -83,11 +83,15 @@ def test_pod_with_two_apps_is_one_report_and_close_wait_leak_is_its_own(run_cont
     assert pod["tcp.established"] == pod["tcp.state.established"] + pod["tcp.state.close_wait"]
 
 
-def test_states_are_off_by_default(run_container: Any) -> None:
+def test_states_are_on_by_default_where_sock_diag_works(run_container: Any) -> None:
     c = run_container(name="plain", network_mode="none")
-    got = by_tags(collect_json()[0])[f"container={c.name}"]
-    assert not [k for k in got if k.startswith("tcp.state.")]
+    items, err = collect_json("--log-level", "info")
+    got = by_tags(items)[f"container={c.name}"]
+    assert got["tcp.state.listen"] == 0 and got["tcp.ports.pressure_pct"] == 0
     assert "tcp.retrans_segs" in got  # counters are on by default
+    assert "TCP states: sock_diag inside each network namespace" in err
+    without = by_tags(collect_json("--metrics", "basic,counters")[0])[f"container={c.name}"]
+    assert not [k for k in without if k.startswith(("tcp.state.", "tcp.listen.", "tcp.ports."))]
 
 
 def test_listen_overflow_counts_in_that_namespace_alone(run_container: Any) -> None:
