@@ -210,14 +210,15 @@ def test_the_service_may_write_only_the_tools_default_spool_and_makes_it_first()
 # Run as root: a private mount namespace (nothing propagates back), every mount but the
 # writable directory made read-only except /proc and /dev (as ProtectSystem=strict leaves
 # them; ProtectKernelTunables= then makes /proc/sys read-only), checked from mountinfo
-# before the command starts.
+# before the command starts. Mounts made on the host meanwhile do not propagate in.
 SANDBOX = r"""
 set -eu
 w=$1; shift
 mount --bind "$w" "$w"
 awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r mp; do
   case $mp in /proc|/proc/*|/dev|/dev/*) continue ;; esac
-  [ "$mp" = "$w" ] || mount -o remount,bind,ro "$mp"
+  # a container's mount may vanish meanwhile; any that stays writable is caught below
+  [ "$mp" = "$w" ] || mount -o remount,bind,ro "$mp" 2>/dev/null || true
 done
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
