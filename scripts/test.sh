@@ -13,6 +13,8 @@ declare -A provides=(
   [logger]=bsdutils
   [timeout]=coreutils
   [setpriv]=util-linux
+  [unshare]=util-linux
+  [systemd-analyze]=systemd
   [promtool]=prometheus
   [prometheus-node-exporter]=prometheus-node-exporter
 )
