@@ -277,8 +277,9 @@ def test_the_service_command_in_the_units_sandbox_pushes_a_containers_numbers(
     spool_dir.mkdir(mode=0o700)  # the unit's ExecStartPre=
     try:
         with Receiver() as receiver:
-            result = sandboxed(spool_dir, [], {"CONTAINER_NETSTAT_COLLECT_FALCON_URL": receiver.url(AGENT),
-                                               "CONTAINER_NETSTAT_COLLECT_SPOOL_DIR": str(spool_dir)})
+            result = sandboxed(spool_dir, ["--log-level", "info"],
+                               {"CONTAINER_NETSTAT_COLLECT_FALCON_URL": receiver.url(AGENT),
+                                "CONTAINER_NETSTAT_COLLECT_SPOOL_DIR": str(spool_dir)})
             items = receiver.items()
     finally:
         holder.kill()
@@ -286,7 +287,11 @@ def test_the_service_command_in_the_units_sandbox_pushes_a_containers_numbers(
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert "sandbox:" not in result.stderr
-    assert by_tags(items)[f"container={server.name}"]["tcp.established"] == 6
+    got = by_tags(items)[f"container={server.name}"]
+    assert got["tcp.established"] == 6
+    # The unit's capabilities are what the sock_diag path needs: states with their percentages.
+    assert "TCP states: sock_diag inside each network namespace" in result.stderr
+    assert got["tcp.state.listen"] == 1 and "tcp.listen.fill_max_pct" in got and "tcp.ports.pressure_pct" in got
     assert receiver.invalid() == [] and receiver.problems() == []
     assert sorted(p.name for p in spool_dir.iterdir()) == ["lock"]
 
