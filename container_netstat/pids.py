@@ -105,7 +105,8 @@ def pod_cgroups(cgroup_root: str, hierarchy: str) -> Dict[str, str]:
         except OSError:
             return
         for name in entries:
-            owner = cgroups.parse_path(name)  # the entry alone names the container, if any
+            # the entry alone names the container, if any, by its 64-hex id: no shorter one can
+            owner = cgroups.parse_path(name) if len(name) >= 64 else None
             if owner is not None:
                 found.setdefault(owner.id, f"{rel}/{name}")
             elif depth + 1 < _KUBEPODS_DEPTH:

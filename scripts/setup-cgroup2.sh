@@ -81,9 +81,18 @@ stop() (
   ours "$DIR/holder.pid" sleep && holder=$(cat "$DIR/holder.pid")
   local daemons=()
   if ours "$DIR/docker.pid" dockerd; then
-    local ids
-    ids=$(timeout 30 docker -H "unix://$DOCKER_SOCK" ps -aq 2>/dev/null || true)
-    [ -z "$ids" ] || timeout 60 docker -H "unix://$DOCKER_SOCK" rm -f $ids >/dev/null 2>&1 || true
+    local ids parents="" parent
+    ids=$(timeout 30 docker -H "unix://$DOCKER_SOCK" ps -aq 2>/dev/null)
+    if [ -n "$ids" ]; then
+      parents=$(docker -H "unix://$DOCKER_SOCK" inspect -f '{{.HostConfig.CgroupParent}}' $ids 2>/dev/null | sort -u)
+      timeout 120 docker -H "unix://$DOCKER_SOCK" rm -f $ids >/dev/null 2>&1
+    fi
+    # runc leaves the --cgroup-parent pod<uid> directories it made; remove them once empty.
+    for parent in $parents; do
+      case "$(basename "$parent")" in
+        pod*) [ -z "$holder" ] || rmdir "/proc/$holder/root/sys/fs/cgroup$parent" 2>/dev/null ;;
+      esac
+    done
     daemons+=("$(cat "$DIR/docker.pid")")
   fi
   # With no container left, the two daemons can stop together (about 2 s each).
