@@ -2,17 +2,23 @@
 
 This machine has cgroup v1 (hybrid, with an empty v2 hierarchy) and the cgroupfs
 driver only: rows marked "recorded here" were read from real processes on it; the
-others are built from the runtimes' documentation or source, cited on the row.
+others are built from the runtimes' documentation or source, cited on the row. The
+``0::``-only files of tests/fixtures/cgroup2 are what a pure cgroup v2 host prints for the
+containers recorded in scripts/setup-cgroup2.sh's set-up.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import pytest
 
-from container_netstat import cgroups
+from container_netstat import cgroups, runtimes
 from container_netstat.cgroups import CONTAINERD, CRIO, DOCKER, PODMAN, UNKNOWN, CgroupOwner
+from container_netstat.procfs import ProcFS
+
+CGROUP2_PROC = Path(__file__).parent / "fixtures" / "cgroup2" / "proc"
 
 ID = "3879b73a86c7680b932e27d864fa587667df096cff2163bf65aa5330d2ac889a"
 INNER = "f" * 64
@@ -140,3 +146,31 @@ def test_static_pod_uid_without_dashes() -> None:
     # Static pods' uids are a 32-hex config hash, not a dashed UUID.
     uid = "6b3d0c1f2e5a4b7c8d9e0f1a2b3c4d5e"
     assert cgroups.parse(v1(f"/kubepods/burstable/pod{uid}/{ID}")) == CgroupOwner(UNKNOWN, ID, uid)
+
+
+# pid -> owner of tests/fixtures/cgroup2/proc/<pid>/cgroup: a plain container (two processes),
+# a burstable pod's container and a guaranteed pod's, from `docker run [--cgroup-parent ...]`.
+V2_FILES = {
+    30504: CgroupOwner(DOCKER, "0049c6d5bbd43f93519e0b054cf5ed30c7cc8fa25c02b7c7d16272c195246920"),
+    30531: CgroupOwner(DOCKER, "0049c6d5bbd43f93519e0b054cf5ed30c7cc8fa25c02b7c7d16272c195246920"),
+    30569: CgroupOwner(UNKNOWN, "85b580d66c9a44b00879b30483a71f8e421f1338ee50da2eef7b31cd44af9f45",
+                       "76e85c6e-77ee-4133-9e31-bd624a837ba5"),
+    30791: CgroupOwner(UNKNOWN, "b87fcd3ff51a1aac23436f2281c3bd2bcee4dc287527b3b87d9ef9f77a5d6bcd",
+                       "8452dbe0-9f18-4949-bd62-5adec9c44c84"),
+}
+
+
+@pytest.mark.parametrize("pid", sorted(V2_FILES))
+def test_pure_v2_cgroup_files(pid: int) -> None:
+    text = (CGROUP2_PROC / str(pid) / "cgroup").read_text()
+    assert text.count("\n") == 1 and text.startswith("0::/")  # the single unified line
+    assert cgroups.parse(text) == V2_FILES[pid]
+
+
+def test_proc_scan_of_pure_v2_files_groups_each_container() -> None:
+    found = runtimes.scan(ProcFS(str(CGROUP2_PROC)))
+    assert {cid: sorted(m.pid for m in members) for cid, members in found.items()} == {
+        owner.id: sorted(p for p, o in V2_FILES.items() if o == owner) for owner in V2_FILES.values()
+    }
+    plain = found[V2_FILES[30504].id]
+    assert runtimes.init_member(ProcFS(str(CGROUP2_PROC)), plain).pid == 30504  # 30531's parent
