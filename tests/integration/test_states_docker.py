@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from conftest import in_netns, pid_of, unavailable
-from container_netstat import netns
+from container_netstat import netns, sockdiag
 from container_netstat.collect import collect as collect_snapshot
 from container_netstat.discovery import Container
 from container_netstat.errors import ParseError, ProcessGone
@@ -298,3 +299,45 @@ def test_a_pid_that_leaves_the_namespace_during_the_dump_is_not_reported(monkeyp
     finally:
         child.kill()
         child.wait()
+
+
+def _refusing(times: int) -> Any:
+    """netns._replies that answers the first ``times`` requests with NLMSG_ERROR (EINVAL)."""
+    real = netns._replies
+    calls = {"n": 0}
+
+    def replies(sock: Any, source: str) -> Any:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            sockdiag.decode_all(real(sock, source), source)  # take the kernel's real answer first
+            yield struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -22) + bytes(16)
+            return
+        yield from real(sock, source)
+
+    return replies
+
+
+def test_a_refused_legacy_request_falls_back_to_the_v2_pair_then_to_proc(
+    mixed: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    victim, _ = mixed
+    pid = pid_of(victim)
+    reader = netns.TcpReader(ProcFS())
+    assert reader.probe() is None
+    expected = reader.read(pid)
+    monkeypatch.setattr(netns, "_replies", _refusing(1))
+    again = netns.TcpReader(ProcFS())
+    again.probe()
+    with caplog.at_level("INFO", logger="container_netstat"):
+        got = again.read(pid)
+    assert again.request == "v2" and got.path == "sock_diag" and got.summary == expected.summary
+    assert "legacy TCPDIAG_GETSOCK request was refused" in caplog.text
+    # Both refused: that namespace comes from /proc, said once, with the same counts.
+    monkeypatch.setattr(netns, "_replies", _refusing(3))
+    last = netns.TcpReader(ProcFS())
+    last.probe()
+    with caplog.at_level("INFO", logger="container_netstat"):
+        fallback = last.read(pid)
+    assert fallback.path == "proc" and fallback.summary.states == expected.summary.states
+    assert fallback.summary.fill_max_percent is None and last.fallbacks
+    assert "read from /proc/<pid>/net/tcp{,6}: sock_diag of" in caplog.text
