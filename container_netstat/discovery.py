@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-# Kubernetes (dockershim / cri-dockerd) labels, FACTS §2.
+# Kubernetes (dockershim / cri-dockerd) labels: docs/facts.rst, "Shared network namespaces".
 POD_NAME = "io.kubernetes.pod.name"
 POD_NAMESPACE = "io.kubernetes.pod.namespace"
 POD_UID = "io.kubernetes.pod.uid"

@@ -1,6 +1,6 @@
 """Open-falcon items: the JSON array the falcon-agent, transfer and Nightingale accept.
 
-Rules from the real agent and transfer (FACTS §5):
+Rules from the real agent and transfer (docs/facts.rst, "The open-falcon push"):
 - ``timestamp`` and ``step`` must be JSON integers: one float or string makes the
   agent reject the whole batch with ``400 connot decode body``.
 - tags are ``k=v,k2=v2``; transfer strips spaces, splits on ``,`` then on the first

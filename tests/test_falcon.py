@@ -26,7 +26,7 @@ HOSTILE = [
 
 
 def transfer_tags(tags: str) -> Dict[str, str]:
-    """Transfer's decoding (FACTS §5): drop spaces, split on ',', then on the first '='."""
+    """Transfer's decoding (docs/facts.rst, "The open-falcon push"): drop spaces, split on ',', then on the first '='."""
     out: Dict[str, str] = {}
     for piece in tags.replace(" ", "").split(","):
         if "=" in piece:

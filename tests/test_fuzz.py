@@ -2,7 +2,7 @@
 
 Properties: a parser either returns or raises ParseError (never anything else); the
 sanitized tags always decode, with an independent implementation of transfer's tag
-parsing (FACTS §5: strip spaces, split on ',', then on the first '='), to exactly the
+parsing (docs/facts.rst, "The open-falcon push": strip spaces, split on ',', then on the first '='), to exactly the
 intended keys, each once, with non-empty values; the counter fits 255 bytes.
 """
 

@@ -3,7 +3,7 @@ characters, and the characters that break open-falcon tags (``,`` ``=`` space) o
 (``\\r \\n ' " >``, non-printable) or the API (``/``).
 
 Every way out is checked against an independent reading: the open-falcon tags as transfer
-parses them (FACTS §5: remove spaces, split on ``,``, then on the first ``=``), the Prometheus
+parses them (docs/facts.rst, "The open-falcon push": remove spaces, split on ``,``, then on the first ``=``), the Prometheus
 text as prometheus_client's parser reads it, the table as a terminal would show it; and stderr
 stays one line per diagnostic.
 """
