@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+import pytest
 
 from container_netstat import cli, metrics
 
-README = (Path(__file__).parent.parent / "README.rst").read_text()
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.rst").read_text()
 
 
 def test_every_metric_is_documented() -> None:
@@ -20,6 +22,21 @@ def test_every_exit_code_is_documented() -> None:
     codes = sorted({v for k, v in vars(cli).items() if k.startswith("EXIT_")})
     section = README.split("Exit codes", 1)[1]
     assert all(f"\n{code}  " in section for code in codes), codes
+
+
+@pytest.mark.parametrize("path", [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))],
+                         ids=lambda p: p.name)
+def test_the_docs_are_valid_restructuredtext(path: Path) -> None:
+    """A malformed table renders as an error block on PyPI and in every viewer."""
+    import docutils.core
+    from docutils import nodes
+
+    tree = docutils.core.publish_doctree(
+        path.read_text(), source_path=str(path),
+        settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": False})
+    find = getattr(tree, "findall", None) or tree.traverse
+    problems = [m.astext()[:200] for m in find(nodes.system_message) if m["level"] >= 2]
+    assert not problems
 
 
 def test_the_test_command_is_what_ci_runs() -> None:
