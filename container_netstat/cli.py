@@ -188,24 +188,16 @@ def _tcp_reader(proc: Any, groups: "set[str]", states_asked: bool) -> Any:
     """The TCP states reader, probed once: sock_diag where setns works, else /proc/<pid>/net/tcp.
 
     States are on by default only where sock_diag works; the /proc path costs about four
-    times a run without states, so there it is used only when asked for.
+    times a run without states, so there it is used only when asked for. Whether a
+    container's ns file opens is confirmed by collect, on the first namespace.
     """
     from container_netstat.collect import STATES
     from container_netstat.netns import TcpReader
 
     if STATES not in groups:
         return None
-    reader = TcpReader(proc)
-    why = reader.probe()
-    if why is None:
-        log.info("TCP states: sock_diag inside each network namespace")
-    elif states_asked:
-        log.info("TCP states: from /proc/<pid>/net/tcp{,6} (%s): about 4x the cost of a run without them", why)
-    else:
-        groups.discard(STATES)
-        log.info("TCP states: off (%s); --tcp-states reads them from /proc/<pid>/net/tcp{,6} at about "
-                 "4x the cost of a run without them", why)
-        return None
+    reader = TcpReader(proc, optional=not states_asked)
+    reader.probe()
     return reader
 
 
@@ -214,7 +206,8 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
                    states_asked: bool = True) -> "Tuple[Any, Any, Dict[str, str]]":
     """Discover, resolve and read: (backend, snapshot, field scopes), or exit 3/4 with one line.
 
-    ``groups`` loses ``states`` when they were not asked for and only /proc could give them.
+    ``snapshot.groups`` lacks ``states`` when they were not asked for and only /proc could
+    give them.
     """
     from container_netstat import collect as collecting
     from container_netstat import filters, metrics, runtimes
@@ -349,7 +342,7 @@ def collect(
 
     from container_netstat import falcon, metrics  # here, so that --help stays fast
 
-    samples, failed = metrics.snapshot_samples(snapshot, scopes, groups)
+    samples, failed = metrics.snapshot_samples(snapshot, scopes, snapshot.groups)
     collected_at = int(time.time())
     items = falcon.build_items(samples, endpoint or socket.gethostname(), collected_at, step)
     log.info(
@@ -477,14 +470,9 @@ def doctor(
 
     _setup_logging(log_level)
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root)
-    from container_netstat.netns import TcpReader
-    from container_netstat.procfs import ProcFS
-
-    probe = TcpReader(ProcFS(proc_root))
-    unavailable = probe.probe()
-    probe.close()
     backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic", "states"},
                                                states_asked=False)
+    unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None
     where = _redact(backend.where)
     try:
         version = backend.version()

@@ -80,6 +80,7 @@ class Snapshot:
     host_network: Tuple[str, ...]
     pid_sources: Mapping[str, str] = field(default_factory=dict)  # container name -> source
     tcp_path: Optional["TcpPath"] = None  # how TCP states were read; None without the group
+    groups: AbstractSet[str] = DEFAULT_GROUPS  # the metric groups read (states may have been left out)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class TcpPath:
 
     path: str  # netns.SOCK_DIAG or netns.PROC
     reason: str  # why sock_diag is not used ("" when it is)
+    read: bool  # False: sock_diag could not be used and the states, not asked for, were left out
     request: str  # the sock_diag request the kernel took: "legacy" (one walk) or "v2"
     proc_fallbacks: Tuple[str, ...] = ()  # why single namespaces were read from /proc
     skipped_empty: int = 0  # namespaces without a TCP socket: zeros, not dumped
@@ -250,6 +252,7 @@ def collect(
             continue
         by_key.setdefault(key, []).append((container, pid))
 
+    tcp, groups, path = _tcp_decision(tcp, groups, by_key)
     namespaces: List[NetnsStats] = []
     for key, entries in by_key.items():
         owner = _pick_owner([c for c, _ in entries])
@@ -289,10 +292,33 @@ def collect(
         failed=tuple(failed),
         host_network=tuple(host_network),
         pid_sources={c.name: resolved[c.id].source for c in roots if c.id in resolved},
-        tcp_path=_tcp_path(tcp, namespaces) if tcp is not None else None,
+        tcp_path=_tcp_path(path, namespaces, STATES in groups),
+        groups=frozenset(groups),
     )
 
 
-def _tcp_path(tcp: TcpReader, namespaces: Sequence[NetnsStats]) -> TcpPath:
+def _tcp_decision(
+    tcp: Optional[TcpReader], groups: AbstractSet[str], by_key: Mapping[int, List[Tuple[Container, int]]]
+) -> Tuple[Optional[TcpReader], AbstractSet[str], Optional[TcpReader]]:
+    """(reader, groups, reader to describe): sock_diag confirmed on the first namespace's pid,
+    or the states left out when they were not asked for and only /proc could give them."""
+    if tcp is None or STATES not in groups:
+        return None, groups, tcp
+    first = next((pid for entries in by_key.values() for _, pid in entries), None)
+    why = tcp.confirm(first) if first is not None else tcp.unavailable
+    if why is None:
+        log.info("TCP states: sock_diag inside each network namespace")
+    elif tcp.optional:
+        log.info("TCP states: off (%s); --tcp-states reads them from /proc/<pid>/net/tcp{,6} at about "
+                 "4x the cost of a run without them", why)
+        return None, groups - {STATES}, tcp
+    else:
+        log.info("TCP states: from /proc/<pid>/net/tcp{,6} (%s): about 4x the cost of a run without them", why)
+    return tcp, groups, tcp
+
+
+def _tcp_path(tcp: Optional[TcpReader], namespaces: Sequence[NetnsStats], read: bool) -> Optional[TcpPath]:
+    if tcp is None:
+        return None
     skipped = sum(1 for ns in namespaces if ns.readings.tcp is not None and ns.readings.tcp.skipped)
-    return TcpPath(tcp.path, tcp.unavailable or "", tcp.request, tuple(tcp.fallbacks), skipped)
+    return TcpPath(tcp.path, tcp.unavailable or "", read, tcp.request, tuple(tcp.fallbacks), skipped)

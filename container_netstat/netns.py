@@ -116,12 +116,16 @@ class TcpReader:
     """Reads each namespace's sockets by the cheapest path this process is allowed.
 
     ``probe()`` once per run says whether sock_diag can be used at all (setns into our own
-    namespace needs the same capability as into any other); without it every namespace is
-    read from /proc. A single namespace whose ns file is refused is read from /proc too.
+    namespace needs the same capability as into any other), and ``confirm(pid)`` whether a
+    container's ns file opens (ptrace access). Without either every namespace is read from
+    /proc. ``optional``: the states were not asked for, so the caller may leave them out
+    rather than pay for /proc. A single namespace whose ns file is refused later is read
+    from /proc too.
     """
 
-    def __init__(self, proc: ProcFS, self_ns: str = SELF_NS) -> None:
+    def __init__(self, proc: ProcFS, self_ns: str = SELF_NS, optional: bool = False) -> None:
         self.proc = proc
+        self.optional = optional
         self.self_ns = self_ns
         self._setns = _libc_setns()
         self._home_fd: Optional[int] = None
@@ -143,6 +147,22 @@ class TcpReader:
         except SockDiagUnsupported as err:
             self.close()
             self.unavailable = str(err)
+        return self.unavailable
+
+    def confirm(self, pid: int) -> Optional[str]:
+        """After a good probe, whether ``pid``'s ns file opens: None if it does (or the pid
+        is gone), else the reason, and sock_diag is then off for the run. Without ptrace
+        access to one container's processes (CAP_SYS_PTRACE) there is usually none to any,
+        and every namespace would be read from /proc at four times the cost."""
+        if self.path != SOCK_DIAG:
+            return self.unavailable
+        try:
+            os.close(self._open_ns(pid))
+        except NotPermitted as err:
+            self.close()
+            self.unavailable = str(err)
+        except ContainerNetstatError:
+            pass
         return self.unavailable
 
     @property

@@ -411,6 +411,7 @@ def test_sock_diag_needs_both_capabilities(missing: str, deployed: List[str], ru
     assert "container.net.tcp.state.listen" in states and not SOCK_DIAG_ONLY & set(states), states
     if missing == "SYS_ADMIN":  # setns refused: every namespace from /proc
         assert doctor["path"] == "proc" and "needs CAP_SYS_ADMIN" in doctor["why"], doctor
-    else:  # setns allowed, but the ns file of a process with more capabilities is refused
-        assert f"/proc/{pid_of(app)}/ns/net: Permission denied: needs ptrace access (CAP_SYS_PTRACE)" \
-            in doctor["read_from_proc"], doctor
+    else:  # setns allowed, but no ptrace access to the ns files of more privileged processes:
+        # the probe sees it on the host's init, so states are not switched on only to be
+        # read from /proc namespace by namespace
+        assert doctor["path"] == "proc" and "needs CAP_SYS_PTRACE" in doctor["why"], doctor
