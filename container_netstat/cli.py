@@ -32,7 +32,7 @@ EXIT_USAGE = 2
 EXIT_DOCKER = 3
 EXIT_PARTIAL = 4
 EXIT_SPOOLED = 5  # not all delivered: the rest waits in the spool for the next run
-EXIT_REJECTED = 6  # the receiver refused a batch (4xx) or dropped items as invalid
+EXIT_REJECTED = 6  # the receiver refused a batch (a 4xx or 3xx) or dropped items as invalid
 EXIT_LOCKED = 7  # another run holds the spool's lock: this one did nothing
 EXIT_LOST = 8  # items neither delivered nor kept: spool unwritable, or over its bounds
 
@@ -288,8 +288,9 @@ def collect(
     prints (--dry-run) or pushes an open-falcon JSON array; --format prints it as
     json, prometheus or table instead, --textfile writes it for node_exporter. Exit
     codes: 0 ok, 2 usage, 3 Docker unreachable, 4 some containers could not be read,
-    5 not all delivered (the rest is spooled), 6 payload rejected, 7 another run in
-    progress, 8 items lost (or --textfile not written), 1 internal error.
+    5 not all delivered (the rest is spooled), 6 refused by the receiver (a wrong URL's
+    batches are kept), 7 another run in progress, 8 items lost (or --textfile not
+    written), 1 internal error.
     """
     finish_by = time.monotonic() + deadline
     gc.disable()  # one short run that makes no reference cycles worth collecting: ~11 ms at 300 containers
@@ -380,7 +381,7 @@ def _push_exit_code(outcome: "Outcome", partial: bool) -> int:
     """The most serious thing that happened: lost > rejected > spooled > unreadable containers."""
     if outcome.lost_items or outcome.dropped_batches:
         return EXIT_LOST
-    if outcome.rejected_items or outcome.invalid_items:
+    if outcome.rejected_items or outcome.invalid_items or outcome.wrong_address:
         return EXIT_REJECTED
     if outcome.spooled_batches:
         return EXIT_SPOOLED

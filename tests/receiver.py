@@ -17,7 +17,9 @@ FACTS §5-6):
   ``{"succ":n,"fail":k,"msg":"received"}``.
 
 Failure modes for tests: ``down()``/``up()`` (connection refused, same port), ``fail(status)``,
-``slow(seconds)``, ``cut()`` (closes the connection half way through the request body).
+``redirect(status, location)``, ``slow(seconds)``, ``cut()`` (closes the connection half way
+through the request body), ``limit(max_items=N)`` (the agent's ``exceed`` answer) or
+``limit(max_bytes=N)`` (413, as a proxy's body size limit answers).
 
 Run it by hand: ``python3 tests/receiver.py --port 1988`` prints each push's verdict.
 """
@@ -211,6 +213,8 @@ class _Behaviour:
     delay: float = 0.0
     cut: bool = False
     max_items: int = 0
+    max_bytes: int = 0  # above: 413, as a proxy's body limit answers (nginx client_max_body_size)
+    location: str = ""
 
 
 class Receiver:
@@ -264,7 +268,7 @@ class Receiver:
         self.start()
 
     def ok(self) -> None:
-        self.behaviour = _Behaviour(max_items=self.behaviour.max_items)
+        self.behaviour = _Behaviour(max_items=self.behaviour.max_items, max_bytes=self.behaviour.max_bytes)
 
     def fail(self, status: int, body: str = "internal error") -> None:
         self.behaviour = _Behaviour(status=status, body=body)
@@ -272,11 +276,14 @@ class Receiver:
     def slow(self, seconds: float) -> None:
         self.behaviour = _Behaviour(delay=seconds)
 
+    def redirect(self, status: int, location: str) -> None:
+        self.behaviour = _Behaviour(status=status, body="", location=location)
+
     def cut(self) -> None:
         self.behaviour = _Behaviour(cut=True)
 
-    def limit(self, max_items: int) -> None:
-        self.behaviour = _Behaviour(max_items=max_items)
+    def limit(self, max_items: int = 0, max_bytes: int = 0) -> None:
+        self.behaviour = _Behaviour(max_items=max_items, max_bytes=max_bytes)
 
     # -- results ----------------------------------------------------------------------
 
@@ -342,12 +349,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         body = self.rfile.read(length)
+        if behaviour.max_bytes and length > behaviour.max_bytes:
+            receiver._record(Push(path, 413, "too large", [], [], [], time.time()))
+            self._answer(413, "Request Entity Too Large\n")
+            return
         if behaviour.delay:
             receiver._stopping.wait(behaviour.delay)
         # Recorded before answering, so a client that has its answer finds the record.
         if behaviour.status:
             receiver._record(Push(path, behaviour.status, behaviour.body, [], [], [], time.time()))
-            self._answer(behaviour.status, behaviour.body + "\n")
+            self._answer(behaviour.status, behaviour.body + "\n", location=behaviour.location)
             return
         status, reply, push = self._judge(path, body, behaviour.max_items)
         receiver._record(push)
@@ -387,11 +398,13 @@ class _Handler(BaseHTTPRequestHandler):
                                                            "Invalid": len(invalid), "Latency": 0}})
         return 200, reply, Push(path, 200, reply, [i for i in items if i is not None], invalid, problems, now)
 
-    def _answer(self, status: int, text: str, content_type: Optional[str] = None) -> None:
+    def _answer(self, status: int, text: str, content_type: Optional[str] = None, location: str = "") -> None:
         data = text.encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type or "text/plain; charset=utf-8")
+            if location:
+                self.send_header("Location", location)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

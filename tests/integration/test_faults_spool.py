@@ -1,6 +1,6 @@
 """Faults of the spool and the textfile, through the command against real Docker and the real
-receiver: a missing, read-only, full, foreign-filled or link-planted spool; ten runs at once;
-spooled batches stamped across a clock jump.
+receiver: a missing, read-only, full, foreign-filled or link-planted spool; a wrong URL that
+keeps batches for three runs; ten runs at once; spooled batches stamped across a clock jump.
 
 Read-only and full filesystems are real mounts (a read-only tmpfs or bind mount: root ignores
 mode bits; a 64 KiB tmpfs), each undone when its test ends.
@@ -335,6 +335,37 @@ def test_a_planted_link_is_refused_and_nothing_is_written_through_it(receiver: R
     after = snapshot(tmp_path / "target") if target.is_dir() else (target.exists() and target.read_text())
     assert after == before and (target.exists() and mode(target)) == target_mode
     assert receiver.pushes == []
+
+
+# -- a wrong URL -------------------------------------------------------------------------------
+
+
+def test_a_wrong_path_for_three_runs_loses_nothing_once_it_is_fixed(receiver: Receiver, tmp_path: Path) -> None:
+    """Changed: a 404 used to be a rejection, reported and not kept (README: Changes)."""
+    wrong = receiver.url("/v1/psuh")
+    for run in range(3):
+        result = collect(tmp_path, wrong)
+        assert result.returncode == cli.EXIT_REJECTED, result.stderr
+        (line,) = lines(result)
+        assert "HTTP 404" in line and "fix --falcon-url or its credentials" in line, line
+        assert "the data is kept: " in line and f"{run + 1} batches wait in {tmp_path}" in line, line
+        assert len(batches(tmp_path)) == run + 1
+        time.sleep(1.1)  # each run in a second of its own
+    # one request a run: the oldest batch was refused, so nothing newer was sent
+    assert [p.status for p in receiver.pushes] == [404] * 3 and receiver.accepted() == []
+    reader = Spool(tmp_path)
+    kept = [reader.load(entry) for entry in reader.pending()]
+    reader.close()
+    result = collect(tmp_path, receiver.url())
+    assert result.returncode == cli.EXIT_OK, result.stderr
+    sent = stamps(receiver)
+    assert sent == sorted(sent) and len(sent) == 4, sent  # oldest first, then this run's
+    assert sent[:3] == [batch[0]["timestamp"] for batch in kept]
+    received = receiver.items()
+    keys = [(i["timestamp"], i["metric"], i["tags"]) for i in received]
+    assert len(keys) == len(set(keys)), "an item was delivered twice"
+    assert received[: sum(map(len, kept))] == [item for batch in kept for item in batch]  # each exactly once
+    assert receiver.invalid() == [] and batches(tmp_path) == []
 
 
 # -- ten runs at once -------------------------------------------------------------------------
