@@ -216,6 +216,20 @@ def test_exit_code_names_the_most_serious_outcome(outcome: Outcome, partial: boo
     assert cli._push_exit_code(outcome, partial) == code
 
 
+@pytest.mark.parametrize(
+    "outcome, code",
+    [
+        (Outcome(), cli.EXIT_DOCKER),
+        (Outcome(replayed_batches=2), cli.EXIT_DOCKER),
+        (Outcome(waiting_batches=2, failure="Connection refused"), cli.EXIT_DOCKER),
+        (Outcome(wrong_address=1, waiting_batches=2), cli.EXIT_REJECTED),
+        (Outcome(rejected_items=5), cli.EXIT_REJECTED),
+        (Outcome(dropped_batches=1), cli.EXIT_LOST),
+    ],
+)
+def test_with_docker_down_only_a_loss_or_a_refusal_outranks_3(outcome: Outcome, code: int) -> None:
+    assert cli._push_exit_code(outcome, False, docker_down=True) == code
+
 
 # -- the real HTTP client against the real receiver -----------------------------------------
 
@@ -597,6 +611,78 @@ def test_spool_bounds_are_enforced_and_the_loss_reported(receiver: Receiver, tmp
     assert result.returncode == cli.EXIT_LOST, result.stderr
     assert "dropped 3 undelivered batches" in result.stderr
     assert runs_received(receiver) == 1 and batch_files(tmp_path) == []
+
+
+# -- Docker unreachable: the spool still drains -------------------------------------------
+
+NO_DOCKER = ("--docker-host", "unix:///nonexistent.sock")
+
+
+def spool_two_runs(spool_dir: Path) -> List[int]:
+    spool = Spool(spool_dir)
+    spool.open()
+    for minute in range(2):
+        spool.write(run_items(T0 + 60 * minute), T0 + 60 * minute, 0)
+    spool.close()
+    return [T0, T0 + 60]
+
+
+def test_with_docker_down_the_spool_is_still_replayed(receiver: Receiver, tmp_path: Path) -> None:
+    """Changed: a run that could not reach Docker exited 3 before any push (README: Changes)."""
+    spooled = spool_two_runs(tmp_path)
+    result = collect(receiver, tmp_path, *NO_DOCKER)
+    assert result.returncode == cli.EXIT_DOCKER, result.stderr
+    assert "cannot reach Docker at unix:///nonexistent.sock" in result.stderr
+    assert [p.items[0]["timestamp"] for p in receiver.accepted()] == spooled  # oldest first
+    assert len(receiver.items()) == 10 and batch_files(tmp_path) == []
+
+
+def test_with_docker_down_and_nothing_spooled_nothing_is_sent(receiver: Receiver, tmp_path: Path) -> None:
+    result = collect(receiver, tmp_path, *NO_DOCKER)
+    assert result.returncode == cli.EXIT_DOCKER, result.stderr
+    assert receiver.pushes == []
+
+
+def test_with_docker_and_the_receiver_down_the_spool_is_kept_and_the_run_exits_3(receiver: Receiver,
+                                                                                 tmp_path: Path) -> None:
+    spool_two_runs(tmp_path)
+    before = batch_files(tmp_path)
+    receiver.down()
+    result = collect(receiver, tmp_path, *NO_DOCKER)
+    assert result.returncode == cli.EXIT_DOCKER, result.stderr
+    assert "Connection refused" in result.stderr and batch_files(tmp_path) == before
+
+
+@pytest.mark.parametrize("fault, code", [("400", cli.EXIT_REJECTED), ("404", cli.EXIT_REJECTED),
+                                         ("aged", cli.EXIT_LOST)])
+def test_with_docker_down_a_refusal_or_a_loss_in_the_replay_is_not_hidden_by_3(
+        receiver: Receiver, tmp_path: Path, fault: str, code: int) -> None:
+    spool_two_runs(tmp_path)
+    args = list(NO_DOCKER)
+    if fault == "aged":
+        args += ["--spool-max-age", str(int(time.time()) - T0 - 30)]  # the first batch is too old
+    else:
+        receiver.fail(int(fault), "connot decode body" if fault == "400" else "404 page not found")
+    result = collect(receiver, tmp_path, *args)
+    assert result.returncode == code, result.stderr
+    assert "cannot reach Docker" in result.stderr
+    if fault == "400":
+        assert len(batch_files(tmp_path, ".rejected")) == 2 and batch_files(tmp_path) == []
+    elif fault == "404":
+        assert len(batch_files(tmp_path)) == 2 and "the data is kept" in result.stderr
+    else:
+        assert "dropped 1 undelivered batches" in result.stderr
+        assert [p.items[0]["timestamp"] for p in receiver.accepted()] == [T0 + 60]
+
+
+def test_with_docker_down_the_replay_ends_by_the_deadline(receiver: Receiver, tmp_path: Path) -> None:
+    spool_two_runs(tmp_path)
+    receiver.slow(60)
+    started = time.monotonic()
+    result = collect(receiver, tmp_path, *NO_DOCKER, "--deadline", "3")
+    assert result.returncode == cli.EXIT_DOCKER, result.stderr
+    assert time.monotonic() - started < 3 + 5  # generous: interpreter start-up, imports
+    assert len(batch_files(tmp_path)) == 2
 
 
 def test_usage_errors_for_bad_durations_and_sizes(tmp_path: Path) -> None:
