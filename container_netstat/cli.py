@@ -219,7 +219,8 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
               help="Row order of --format table: name, or a column, largest first (close_wait needs --tcp-states).")
 @_source_options
 @click.option("--endpoint", default=None, metavar="NAME",
-              help="Endpoint of every item. Default: this host's name, as the falcon-agent uses.")
+              help="Endpoint of every item. Default: when --falcon-url is a falcon-agent's /v1/push, the "
+              "name that agent reports its host under (GET /proc/kernel/hostname), else this host's name.")
 @click.option("--step", type=click.IntRange(min=1), default=60, show_default=True,
               help="Seconds between runs, sent as each item's step.")
 @click.option("--metrics", "metric_groups", default="basic,counters", show_default=True, metavar="GROUPS",
@@ -326,6 +327,10 @@ def collect(
 
     samples, failed = metrics.snapshot_samples(snapshot, scopes, groups)
     collected_at = int(time.time())
+    if endpoint is None and (pushing or printed == "json"):  # the outputs that carry it
+        from container_netstat import agent, push
+
+        endpoint = agent.endpoint(falcon_url, connect_timeout, read_timeout, push.Deadline(finish_by), spool)
     items = falcon.build_items(samples, endpoint or socket.gethostname(), collected_at, step)
     log.info(
         "%d containers, %d namespaces, %d items; %d exited during the run, %d failed",

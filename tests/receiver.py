@@ -15,6 +15,12 @@ FACTS §5-6):
 - ``POST /openfalcon/push`` (Nightingale v6): a single object or an array; ``timestamp`` must be
   an integer; metric names and tag keys are checked after ``.``/``-`` become ``_``;
   ``{"succ":n,"fail":k,"msg":"received"}``.
+- ``GET /proc/kernel/hostname`` (agent, modules/agent/http/kernel.go): the name the agent
+  reports its host under, ``{"msg":"success","data":"<name>"}`` with status 200, or, as
+  AutoRender (modules/agent/http/http.go) writes an error, ``{"msg":"<error>"}``, still 200.
+  The name is this host's, as for an agent without ``hostname`` in its configuration;
+  ``hostname(name=..., error=..., status=..., delay=..., body=...)`` changes it. Any other GET
+  is a 404.
 
 Failure modes for tests: ``down()``/``up()`` (connection refused, same port), ``fail(status)``,
 ``redirect(status, location)``, ``slow(seconds)``, ``cut()`` (closes the connection half way
@@ -37,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 AGENT = "/v1/push"
+HOSTNAME = "/proc/kernel/hostname"
 TRANSFER = "/api/push"
 NIGHTINGALE = "/openfalcon/push"
 
@@ -217,6 +224,17 @@ class _Behaviour:
     location: str = ""
 
 
+@dataclass(frozen=True)
+class _Hostname:
+    """How GET /proc/kernel/hostname answers."""
+
+    name: Any = None  # None: this host's name; anything else is sent as "data" as it is
+    error: str = ""  # non-empty: {"msg": error}, as AutoRender answers a failed g.Hostname()
+    status: int = 200
+    delay: float = 0.0
+    body: Optional[str] = None  # sent as it is, instead of any of the above
+
+
 class Receiver:
     """The server, started in a thread on 127.0.0.1; ``pushes`` records every request."""
 
@@ -224,6 +242,9 @@ class Receiver:
         self.port = port
         self.pushes: List[Push] = []
         self.behaviour = _Behaviour()
+        self.name_behaviour = _Hostname()
+        self.lookups: List[str] = []  # the path of every GET, in order
+        self.lookup_auth: List[str] = []  # the Authorization header of every GET ("" if none)
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -279,6 +300,10 @@ class Receiver:
     def redirect(self, status: int, location: str) -> None:
         self.behaviour = _Behaviour(status=status, body="", location=location)
 
+    def hostname(self, name: Any = None, error: str = "", status: int = 200, delay: float = 0.0,
+                 body: Optional[str] = None) -> None:
+        self.name_behaviour = _Hostname(name, error, status, delay, body)
+
     def cut(self) -> None:
         self.behaviour = _Behaviour(cut=True)
 
@@ -333,6 +358,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
+
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        receiver = self.server.receiver
+        path = self.path.split("?", 1)[0]
+        with receiver._lock:
+            receiver.lookups.append(path)
+            receiver.lookup_auth.append(self.headers.get("Authorization", ""))
+        if path != HOSTNAME:
+            self._answer(404, "404 page not found\n")
+            return
+        how = receiver.name_behaviour
+        if how.delay:
+            receiver._stopping.wait(how.delay)
+        if how.body is not None:
+            text = how.body
+        elif how.error:
+            text = json.dumps({"msg": how.error})
+        else:
+            text = json.dumps({"msg": "success", "data": socket.gethostname() if how.name is None else how.name})
+        self._answer(how.status, text, "application/json; charset=UTF-8")
 
     def do_POST(self) -> None:  # noqa: N802 - the base class's name
         receiver = self.server.receiver
@@ -417,7 +462,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=1988)
     args = parser.parse_args()
     receiver = Receiver(args.port).start()
-    print(f"listening on {receiver.url('')}: {AGENT} {TRANSFER} {NIGHTINGALE}", flush=True)
+    print(f"listening on {receiver.url('')}: {AGENT} {TRANSFER} {NIGHTINGALE}, GET {HOSTNAME}", flush=True)
     seen = 0
     try:
         while True:

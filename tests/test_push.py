@@ -635,12 +635,13 @@ def test_with_docker_down_the_spool_is_still_replayed(receiver: Receiver, tmp_pa
     assert "cannot reach Docker at unix:///nonexistent.sock" in result.stderr
     assert [p.items[0]["timestamp"] for p in receiver.accepted()] == spooled  # oldest first
     assert len(receiver.items()) == 10 and batch_files(tmp_path) == []
+    assert receiver.lookups == []  # no items of its own: no endpoint to ask for
 
 
 def test_with_docker_down_and_nothing_spooled_nothing_is_sent(receiver: Receiver, tmp_path: Path) -> None:
     result = collect(receiver, tmp_path, *NO_DOCKER)
     assert result.returncode == cli.EXIT_DOCKER, result.stderr
-    assert receiver.pushes == []
+    assert receiver.pushes == [] and receiver.lookups == []
 
 
 def test_with_docker_and_the_receiver_down_the_spool_is_kept_and_the_run_exits_3(receiver: Receiver,

@@ -25,7 +25,7 @@ import pytest
 
 from container_netstat import cli, push
 from container_netstat.push import Deadline, Reply, Unreachable
-from container_netstat.spool import Spool, SpoolError
+from container_netstat.spool import NAME_FILE, Spool, SpoolError
 
 from conftest import unavailable
 from receiver import Receiver
@@ -408,7 +408,7 @@ def test_ten_runs_at_once_one_delivers_nine_exit_7_at_once(receiver: Receiver, t
         (line,) = loser["stderr"].splitlines()
         assert "another run is in progress, this one did nothing" in line
     assert len(set(stamps(receiver))) == 1 and len(receiver.accepted()) >= 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lock", NAME_FILE])  # the agent's name, once
 
 
 def test_ten_runs_at_once_while_the_receiver_hangs_spool_one_whole_run(receiver: Receiver, tmp_path: Path) -> None:
@@ -419,7 +419,7 @@ def test_ten_runs_at_once_while_the_receiver_hangs_spool_one_whole_run(receiver:
     winner = next(r for r in runs if r["code"] == cli.EXIT_SPOOLED)
     spooled = int(winner["stderr"].split(" items of this run spooled")[0].rsplit("(", 1)[1].split(": ")[-1])
     files = batches(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lock"] + [p.name for p in files])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lock", NAME_FILE] + [p.name for p in files])
     reader = Spool(tmp_path)
     loaded = [item for entry in reader.pending() for item in reader.load(entry)]
     reader.close()
