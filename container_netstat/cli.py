@@ -32,7 +32,7 @@ EXIT_USAGE = 2
 EXIT_DOCKER = 3
 EXIT_PARTIAL = 4
 EXIT_SPOOLED = 5  # not all delivered: the rest waits in the spool for the next run
-EXIT_REJECTED = 6  # the receiver refused a batch (4xx) or dropped items as invalid
+EXIT_REJECTED = 6  # the receiver refused a batch (a 4xx or 3xx) or dropped items as invalid
 EXIT_LOCKED = 7  # another run holds the spool's lock: this one did nothing
 EXIT_LOST = 8  # items neither delivered nor kept: spool unwritable, or over its bounds
 
@@ -244,7 +244,8 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
               "listen_fill need the states group).")
 @_source_options
 @click.option("--endpoint", default=None, metavar="NAME",
-              help="Endpoint of every item. Default: this host's name, as the falcon-agent uses.")
+              help="Endpoint of every item. Default: when --falcon-url is a falcon-agent's /v1/push, the "
+              "name that agent reports its host under (GET /proc/kernel/hostname), else this host's name.")
 @click.option("--step", type=click.IntRange(min=1), default=60, show_default=True,
               help="Seconds between runs, sent as each item's step.")
 @click.option("--metrics", "metric_groups", default=None, show_default=DEFAULT_METRICS, metavar="GROUPS",
@@ -315,9 +316,10 @@ def collect(
     Reads /proc/<pid>/net/{sockstat,sockstat6,snmp} once per network namespace and
     prints (--dry-run) or pushes an open-falcon JSON array; --format prints it as
     json, prometheus or table instead, --textfile writes it for node_exporter. Exit
-    codes: 0 ok, 2 usage, 3 Docker unreachable, 4 some containers could not be read,
-    5 not all delivered (the rest is spooled), 6 payload rejected, 7 another run in
-    progress, 8 items lost (or --textfile not written), 1 internal error.
+    codes: 0 ok, 2 usage, 3 Docker unreachable (the spool is still replayed), 4 some
+    containers could not be read, 5 not all delivered (the rest is spooled), 6 refused
+    by the receiver (a wrong URL's batches are kept), 7 another run in progress, 8 items
+    lost (or --textfile not written), 1 internal error.
     """
     finish_by = time.monotonic() + deadline
     gc.disable()  # one short run that makes no reference cycles worth collecting: ~11 ms at 300 containers
@@ -338,26 +340,36 @@ def collect(
     spool = _locked_spool(spool_dir, spool_max_age, spool_max_bytes) if pushing else None
 
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root)
-    _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude, states_asked)
+    try:
+        _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude, states_asked)
+    except click.exceptions.Exit as stop:
+        if spool is None or stop.exit_code != EXIT_DOCKER:
+            raise
+        snapshot = None
+    if snapshot is None and spool is not None:
+        # No items from this run, but the receiver may be fine: replay the spool within the
+        # deadline, or a long Docker outage ages it out. (Outside the except block, so that no
+        # push error names the Docker error as its context.)
+        outcome = _deliver([], int(time.time()), spool, falcon_url, connect_timeout, read_timeout, batch_size,
+                           finish_by)
+        raise click.exceptions.Exit(_push_exit_code(outcome, False, docker_down=True))
 
     from container_netstat import falcon, metrics  # here, so that --help stays fast
 
     samples, failed = metrics.snapshot_samples(snapshot, scopes, snapshot.groups)
     collected_at = int(time.time())
+    if endpoint is None and (pushing or printed == "json"):  # the outputs that carry it
+        from container_netstat import agent, push
+
+        endpoint = agent.endpoint(falcon_url, connect_timeout, read_timeout, push.Deadline(finish_by), spool)
     items = falcon.build_items(samples, endpoint or socket.gethostname(), collected_at, step)
     log.info(
         "%d containers, %d namespaces, %d items; %d exited during the run, %d failed",
         snapshot.containers, len(snapshot.namespaces), len(items), len(snapshot.gone), len(failed),
     )
     if spool is not None:
-        from container_netstat import push
-
-        sender = push.HttpSender(push.Target(falcon_url, connect_timeout, read_timeout))
-        try:
-            outcome = push.deliver(items, collected_at, sender, spool, batch_size, push.Deadline(finish_by),
-                                   where=_redact(falcon_url))
-        finally:
-            sender.close()
+        outcome = _deliver(items, collected_at, spool, falcon_url, connect_timeout, read_timeout, batch_size,
+                           finish_by)
         raise click.exceptions.Exit(_push_exit_code(outcome, bool(failed)))
     if textfile is not None:
         _write_textfile(Path(textfile), samples, collected_at)
@@ -407,12 +419,28 @@ def _locked_spool(directory: Optional[str], max_age: int, max_bytes: int) -> "Sp
     return spool
 
 
-def _push_exit_code(outcome: "Outcome", partial: bool) -> int:
-    """The most serious thing that happened: lost > rejected > spooled > unreadable containers."""
+def _deliver(items: "List[Dict[str, Any]]", collected_at: int, spool: "Spool", url: str, connect_timeout: float,
+             read_timeout: float, batch_size: int, finish_by: float) -> "Outcome":
+    """Replay the spool, then push ``items``, by the run's deadline."""
+    from container_netstat import push
+
+    sender = push.HttpSender(push.Target(url, connect_timeout, read_timeout))
+    try:
+        return push.deliver(items, collected_at, sender, spool, batch_size, push.Deadline(finish_by),
+                            where=_redact(url))
+    finally:
+        sender.close()
+
+
+def _push_exit_code(outcome: "Outcome", partial: bool, docker_down: bool = False) -> int:
+    """The most serious thing that happened: lost > refused > Docker unreachable > spooled >
+    unreadable containers."""
     if outcome.lost_items or outcome.dropped_batches:
         return EXIT_LOST
-    if outcome.rejected_items or outcome.invalid_items:
+    if outcome.rejected_items or outcome.invalid_items or outcome.wrong_address:
         return EXIT_REJECTED
+    if docker_down:
+        return EXIT_DOCKER
     if outcome.spooled_batches:
         return EXIT_SPOOLED
     return EXIT_PARTIAL if partial else EXIT_OK

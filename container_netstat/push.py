@@ -13,8 +13,11 @@ What the receivers answer (FACTS §5-6, falcon-plus and Nightingale source):
   default ``OverLimitStatusCode``) while its write queue is full.
 
 A 2xx is delivered. A timeout, a refused or broken connection, a 5xx, or a "try later" 4xx (408,
-425, 429, 499) is transient: the batch is spooled and a later run replays it. Any other 4xx says
-the payload (or the URL) is wrong: retrying cannot help, so it is reported and never retried.
+425, 429, 499) is transient: the batch is spooled and a later run replays it. A redirect (never
+followed), 401, 403, 404 or 405 says the URL or its credentials are wrong, not the payload: the
+batch is kept in the spool as for an outage, and the run exits 6 until the URL is fixed. A 413,
+like the agent's "exceed" answer, splits the batch. Any other 4xx (the agent's ``400 connot
+decode body``) says the payload is wrong: retrying cannot help, so it is reported and not kept.
 
 Order matters: graph drops a point not newer than the last it holds for a series, so spooled
 batches go first, oldest first, and once one cannot be delivered nothing newer is sent.
@@ -38,6 +41,11 @@ DEFAULT_URL = "http://127.0.0.1:1988/v1/push"
 # Statuses that mean "not now" rather than "never": request timeout, too early, too many
 # requests, and Nightingale's queue-full answer (pushgw WriterOpt.OverLimitStatusCode = 499).
 TRANSIENT_4XX = frozenset({408, 425, 429, 499})
+# Statuses (besides every 3xx) that say the request went to the wrong place or without the
+# right credentials, whatever it carried: a path the server does not know (404, as Go's
+# net/http ServeMux answers for one the agent and transfer never registered), one that takes
+# no POST (405), or a proxy in front of the receiver that wants or refuses credentials (401, 403).
+WRONG_ADDRESS_4XX = frozenset({401, 403, 404, 405})
 # Below this many seconds left in the run, no new request starts.
 MIN_BUDGET = 0.5
 
@@ -52,6 +60,15 @@ class DeadlineReached(Unreachable):
     """The run's deadline left no time for another request."""
 
 
+class WrongAddress(Unreachable):
+    """A redirect, 401, 403, 404 or 405: the URL or its credentials are wrong, not the batch.
+    It is kept and replayed like an outage's, once the URL is fixed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
 class Rejected(PushError):
     """The receiver refused the batch as wrong (a 4xx): retrying it cannot help."""
 
@@ -62,7 +79,8 @@ class Rejected(PushError):
 
 
 class TooLarge(Rejected):
-    """The agent's per-request item limit (maxMetricBodyLenPerRequest): send smaller batches."""
+    """The agent's per-request item limit (maxMetricBodyLenPerRequest), or a 413: send smaller
+    batches."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,7 @@ class Outcome:
     rejected_items: int = 0
     invalid_items: int = 0
     set_aside: int = 0
+    wrong_address: int = 0  # requests answered with a redirect, 401, 403, 404 or 405
     dropped_batches: int = 0
     lost_items: int = 0
     failure: str = ""
@@ -136,15 +155,20 @@ def _count(value: Any, default: int) -> int:
     return int(value)
 
 
-def interpret(status: int, body: str, sent: int) -> Reply:
-    """Classify one HTTP answer: a Reply if delivered, else raise Unreachable or Rejected."""
+def interpret(status: int, body: str, sent: int, location: str = "") -> Reply:
+    """Classify one HTTP answer: a Reply if delivered, else raise Unreachable (WrongAddress
+    included) or Rejected (TooLarge included). ``location`` is a redirect's Location header."""
     text = _one_line(body)
     if 200 <= status < 300:
         return _delivered(body, sent)
+    if 300 <= status < 400:
+        raise WrongAddress(status, f"redirected to {_one_line(location) or '?'}, not followed")
     if status >= 500 or status in TRANSIENT_4XX:
         raise Unreachable(f"HTTP {status}: {text}")
-    if status == 400 and "exceed" in text:
+    if status == 413 or (status == 400 and "exceed" in text):
         raise TooLarge(status, text)
+    if status in WRONG_ADDRESS_4XX:
+        raise WrongAddress(status, text)
     raise Rejected(status, text)
 
 
@@ -200,7 +224,7 @@ class HttpSender:
             raise Unreachable(f"no answer within {read:.1f} s ({type(err).__name__})") from err
         except self._requests.RequestException as err:
             raise Unreachable(_describe(err)) from err
-        return interpret(response.status_code, text, count)
+        return interpret(response.status_code, text, count, response.headers.get("Location", ""))
 
     def close(self) -> None:
         self._session.close()
@@ -268,6 +292,12 @@ class _Run:
             kinds.add(reply.kind)
         return Reply("/".join(sorted(kinds)), total, invalid, "")
 
+    def blocked_by(self, err: Unreachable) -> None:
+        """Nothing more is sent in this run."""
+        self.failure = str(err)
+        if isinstance(err, WrongAddress):
+            self.add("wrong_address")
+
     def note_invalid(self, reply: Reply, what: str) -> None:
         if reply.invalid:
             self.add("invalid_items", reply.invalid)
@@ -296,7 +326,7 @@ def deliver(
                 reply = run.send(batch)
             except Unreachable as err:
                 blocked = True
-                run.failure = str(err)
+                run.blocked_by(err)
             except Rejected as err:
                 run.add("rejected_items", len(batch))
                 log.error("receiver refused a batch of %d items (%s); it is not retried", len(batch), err)
@@ -349,7 +379,7 @@ def _replay(run: _Run) -> bool:
         try:
             reply = run.send(items)
         except Unreachable as err:
-            run.failure = str(err)
+            run.blocked_by(err)
             return True
         except Rejected as err:
             log.error("receiver refused spooled batch %s (%d items, %s); moved aside, not retried",
@@ -399,7 +429,14 @@ def _when(stamp: Optional[int]) -> str:
 
 
 def _summarise(outcome: Outcome, where: str, spool: Spool, elapsed: float) -> None:
-    if outcome.failure and (outcome.spooled_batches or outcome.waiting_batches):
+    if outcome.wrong_address:
+        log.error(
+            "%s refused the request as sent to the wrong address (%s): fix --falcon-url or its credentials;"
+            " %s: %d items of this run spooled, %d batches wait in %s",
+            where or "the receiver", outcome.failure, "some data is lost" if outcome.lost_items else "the data is kept",
+            outcome.spooled_items, outcome.waiting_batches, spool.directory,
+        )
+    elif outcome.failure and (outcome.spooled_batches or outcome.waiting_batches):
         log.warning(
             "could not deliver to %s (%s): %d items of this run spooled; %d batches wait in %s",
             where or "the receiver", outcome.failure, outcome.spooled_items, outcome.waiting_batches,

@@ -7,6 +7,8 @@ Layout of the spool directory (mode 0700)::
     <name>.corrupt, <name>.rejected     moved aside: unreadable, or refused by the receiver;
                                         kept for inspection until they are older than max_age
     lock                                held (flock) by the run that owns the spool
+    agent-hostname                      the endpoint the falcon-agent gave last (agent.py), for
+                                        a run that cannot ask it: its items are spooled there
 
 ``timestamp`` is the collection time of the batch's items, so sorting the names sorts the
 batches oldest first: open-falcon's graph drops a point that is not newer than the last one it
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 ROOT_DIR = Path("/var/spool/container-netstat")
 LOCK_NAME = "lock"
+NAME_FILE = "agent-hostname"
 TMP_PREFIX = ".tmp-"
 SUFFIX = ".json.gz"
 ASIDE = (".corrupt", ".rejected")
@@ -204,7 +207,7 @@ class Spool:
         found: List[Entry] = []
         for name in self._listdir():
             path = self.directory / name
-            if name == LOCK_NAME:
+            if name in (LOCK_NAME, NAME_FILE):
                 continue
             try:
                 info = os.stat(name, dir_fd=self._dir(), follow_symlinks=False)
@@ -303,6 +306,43 @@ class Spool:
     def set_aside(self, entry: Entry, reason: str) -> Optional[Path]:
         """Rename a batch to ``<name>.corrupt`` or ``<name>.rejected`` so it is never retried."""
         return self._rename_aside(entry.path, f".{reason}")
+
+    # -- the agent's name ---------------------------------------------------------------
+
+    def remembered_name(self) -> Optional[str]:
+        """The name ``remember_name`` kept, or None (none kept, or not readable)."""
+        try:
+            fd = os.open(NAME_FILE, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self._dir())
+        except (OSError, SpoolError):
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            text = os.read(fd, 1024).decode("utf-8", "replace").strip()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return text or None
+
+    def remember_name(self, name: str) -> None:
+        """Keep the falcon-agent's name for later runs; rewritten (temp file, rename) only when
+        it changed. Not fsync-ed: a name lost in a crash is asked again by the next run."""
+        if self.remembered_name() == name:
+            return
+        tmp = f"{TMP_PREFIX}{NAME_FILE}"
+        try:
+            directory = self._dir()
+            self._discard(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=directory)
+            try:
+                os.write(fd, f"{name}\n".encode("utf-8"))
+            finally:
+                os.close(fd)
+            os.rename(tmp, NAME_FILE, src_dir_fd=directory, dst_dir_fd=directory)
+        except OSError as err:
+            self._discard(tmp)
+            raise SpoolError(f"cannot write {self.directory / NAME_FILE}: {_why(err)}") from err
 
     # -- bounds -----------------------------------------------------------------------
 

@@ -15,9 +15,17 @@ FACTS §5-6):
 - ``POST /openfalcon/push`` (Nightingale v6): a single object or an array; ``timestamp`` must be
   an integer; metric names and tag keys are checked after ``.``/``-`` become ``_``;
   ``{"succ":n,"fail":k,"msg":"received"}``.
+- ``GET /proc/kernel/hostname`` (agent, modules/agent/http/kernel.go): the name the agent
+  reports its host under, ``{"msg":"success","data":"<name>"}`` with status 200, or, as
+  AutoRender (modules/agent/http/http.go) writes an error, ``{"msg":"<error>"}``, still 200.
+  The name is this host's, as for an agent without ``hostname`` in its configuration;
+  ``hostname(name=..., error=..., status=..., delay=..., body=...)`` changes it. Any other GET
+  is a 404.
 
 Failure modes for tests: ``down()``/``up()`` (connection refused, same port), ``fail(status)``,
-``slow(seconds)``, ``cut()`` (closes the connection half way through the request body).
+``redirect(status, location)``, ``slow(seconds)``, ``cut()`` (closes the connection half way
+through the request body), ``limit(max_items=N)`` (the agent's ``exceed`` answer) or
+``limit(max_bytes=N)`` (413, as a proxy's body size limit answers).
 
 Run it by hand: ``python3 tests/receiver.py --port 1988`` prints each push's verdict.
 """
@@ -35,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 AGENT = "/v1/push"
+HOSTNAME = "/proc/kernel/hostname"
 TRANSFER = "/api/push"
 NIGHTINGALE = "/openfalcon/push"
 
@@ -211,6 +220,19 @@ class _Behaviour:
     delay: float = 0.0
     cut: bool = False
     max_items: int = 0
+    max_bytes: int = 0  # above: 413, as a proxy's body limit answers (nginx client_max_body_size)
+    location: str = ""
+
+
+@dataclass(frozen=True)
+class _Hostname:
+    """How GET /proc/kernel/hostname answers."""
+
+    name: Any = None  # None: this host's name; anything else is sent as "data" as it is
+    error: str = ""  # non-empty: {"msg": error}, as AutoRender answers a failed g.Hostname()
+    status: int = 200
+    delay: float = 0.0
+    body: Optional[str] = None  # sent as it is, instead of any of the above
 
 
 class Receiver:
@@ -220,6 +242,9 @@ class Receiver:
         self.port = port
         self.pushes: List[Push] = []
         self.behaviour = _Behaviour()
+        self.name_behaviour = _Hostname()
+        self.lookups: List[str] = []  # the path of every GET, in order
+        self.lookup_auth: List[str] = []  # the Authorization header of every GET ("" if none)
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -264,7 +289,7 @@ class Receiver:
         self.start()
 
     def ok(self) -> None:
-        self.behaviour = _Behaviour(max_items=self.behaviour.max_items)
+        self.behaviour = _Behaviour(max_items=self.behaviour.max_items, max_bytes=self.behaviour.max_bytes)
 
     def fail(self, status: int, body: str = "internal error") -> None:
         self.behaviour = _Behaviour(status=status, body=body)
@@ -272,11 +297,18 @@ class Receiver:
     def slow(self, seconds: float) -> None:
         self.behaviour = _Behaviour(delay=seconds)
 
+    def redirect(self, status: int, location: str) -> None:
+        self.behaviour = _Behaviour(status=status, body="", location=location)
+
+    def hostname(self, name: Any = None, error: str = "", status: int = 200, delay: float = 0.0,
+                 body: Optional[str] = None) -> None:
+        self.name_behaviour = _Hostname(name, error, status, delay, body)
+
     def cut(self) -> None:
         self.behaviour = _Behaviour(cut=True)
 
-    def limit(self, max_items: int) -> None:
-        self.behaviour = _Behaviour(max_items=max_items)
+    def limit(self, max_items: int = 0, max_bytes: int = 0) -> None:
+        self.behaviour = _Behaviour(max_items=max_items, max_bytes=max_bytes)
 
     # -- results ----------------------------------------------------------------------
 
@@ -327,6 +359,26 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
 
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        receiver = self.server.receiver
+        path = self.path.split("?", 1)[0]
+        with receiver._lock:
+            receiver.lookups.append(path)
+            receiver.lookup_auth.append(self.headers.get("Authorization", ""))
+        if path != HOSTNAME:
+            self._answer(404, "404 page not found\n")
+            return
+        how = receiver.name_behaviour
+        if how.delay:
+            receiver._stopping.wait(how.delay)
+        if how.body is not None:
+            text = how.body
+        elif how.error:
+            text = json.dumps({"msg": how.error})
+        else:
+            text = json.dumps({"msg": "success", "data": socket.gethostname() if how.name is None else how.name})
+        self._answer(how.status, text, "application/json; charset=UTF-8")
+
     def do_POST(self) -> None:  # noqa: N802 - the base class's name
         receiver = self.server.receiver
         behaviour = receiver.behaviour
@@ -342,12 +394,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         body = self.rfile.read(length)
+        if behaviour.max_bytes and length > behaviour.max_bytes:
+            receiver._record(Push(path, 413, "too large", [], [], [], time.time()))
+            self._answer(413, "Request Entity Too Large\n")
+            return
         if behaviour.delay:
             receiver._stopping.wait(behaviour.delay)
         # Recorded before answering, so a client that has its answer finds the record.
         if behaviour.status:
             receiver._record(Push(path, behaviour.status, behaviour.body, [], [], [], time.time()))
-            self._answer(behaviour.status, behaviour.body + "\n")
+            self._answer(behaviour.status, behaviour.body + "\n", location=behaviour.location)
             return
         status, reply, push = self._judge(path, body, behaviour.max_items)
         receiver._record(push)
@@ -387,11 +443,13 @@ class _Handler(BaseHTTPRequestHandler):
                                                            "Invalid": len(invalid), "Latency": 0}})
         return 200, reply, Push(path, 200, reply, [i for i in items if i is not None], invalid, problems, now)
 
-    def _answer(self, status: int, text: str, content_type: Optional[str] = None) -> None:
+    def _answer(self, status: int, text: str, content_type: Optional[str] = None, location: str = "") -> None:
         data = text.encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type or "text/plain; charset=utf-8")
+            if location:
+                self.send_header("Location", location)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -404,7 +462,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=1988)
     args = parser.parse_args()
     receiver = Receiver(args.port).start()
-    print(f"listening on {receiver.url('')}: {AGENT} {TRANSFER} {NIGHTINGALE}", flush=True)
+    print(f"listening on {receiver.url('')}: {AGENT} {TRANSFER} {NIGHTINGALE}, GET {HOSTNAME}", flush=True)
     seen = 0
     try:
         while True:

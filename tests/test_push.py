@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from container_netstat import cli, push
-from container_netstat.push import Deadline, HttpSender, Outcome, Rejected, Reply, Target, TooLarge, Unreachable
+from container_netstat.push import (Deadline, HttpSender, Outcome, Rejected, Reply, Target, TooLarge, Unreachable,
+                                    WrongAddress)
 from container_netstat.spool import Bounds, Spool
 
 from receiver import AGENT, NIGHTINGALE, TRANSFER, Receiver
@@ -160,13 +161,30 @@ def test_server_errors_and_try_later_answers_are_transient(status: int) -> None:
         push.interpret(status, "busy", 7)
 
 
-@pytest.mark.parametrize("status, body", [(400, "connot decode body\n"), (404, "404 page not found"),
-                                          (401, "unauthorized"), (301, "")])
-def test_other_4xx_and_redirects_are_rejections(status: int, body: str) -> None:
+@pytest.mark.parametrize("status, body", [(400, "connot decode body\n"), (400, "decode error\n"),
+                                          (422, "unprocessable"), (410, "gone")])
+def test_other_4xx_are_rejections_of_the_payload(status: int, body: str) -> None:
     with pytest.raises(Rejected) as caught:
         push.interpret(status, body, 7)
     assert not isinstance(caught.value, TooLarge)
     assert caught.value.status == status
+
+
+@pytest.mark.parametrize("status, body", [(301, ""), (302, ""), (303, ""), (307, ""), (308, ""),
+                                          (401, "unauthorized"), (403, "forbidden"), (404, "404 page not found"),
+                                          (405, "method not allowed")])
+def test_redirects_and_a_wrong_url_or_credentials_are_a_wrong_address(status: int, body: str) -> None:
+    """Changed: these were rejections, never retried; the batch is now kept (README: Changes)."""
+    with pytest.raises(WrongAddress) as caught:
+        push.interpret(status, body, 7, location="https://elsewhere.example/v1/push")
+    assert isinstance(caught.value, Unreachable) and not isinstance(caught.value, Rejected)
+    assert caught.value.status == status
+    assert ("redirected to https://elsewhere.example/v1/push" in str(caught.value)) == (status < 400)
+
+
+def test_a_413_splits_like_the_agents_item_limit() -> None:
+    with pytest.raises(TooLarge):
+        push.interpret(413, "Request Entity Too Large", 7)
 
 
 def test_the_agents_item_limit_is_recognised() -> None:
@@ -190,10 +208,27 @@ def test_batches_are_consecutive_slices() -> None:
         (Outcome(invalid_items=1), False, cli.EXIT_REJECTED),
         (Outcome(dropped_batches=1, spooled_batches=1), False, cli.EXIT_LOST),
         (Outcome(lost_items=5), False, cli.EXIT_LOST),
+        (Outcome(wrong_address=1, spooled_batches=1), True, cli.EXIT_REJECTED),
+        (Outcome(wrong_address=1, dropped_batches=1), False, cli.EXIT_LOST),
     ],
 )
 def test_exit_code_names_the_most_serious_outcome(outcome: Outcome, partial: bool, code: int) -> None:
     assert cli._push_exit_code(outcome, partial) == code
+
+
+@pytest.mark.parametrize(
+    "outcome, code",
+    [
+        (Outcome(), cli.EXIT_DOCKER),
+        (Outcome(replayed_batches=2), cli.EXIT_DOCKER),
+        (Outcome(waiting_batches=2, failure="Connection refused"), cli.EXIT_DOCKER),
+        (Outcome(wrong_address=1, waiting_batches=2), cli.EXIT_REJECTED),
+        (Outcome(rejected_items=5), cli.EXIT_REJECTED),
+        (Outcome(dropped_batches=1), cli.EXIT_LOST),
+    ],
+)
+def test_with_docker_down_only_a_loss_or_a_refusal_outranks_3(outcome: Outcome, code: int) -> None:
+    assert cli._push_exit_code(outcome, False, docker_down=True) == code
 
 
 # -- the real HTTP client against the real receiver -----------------------------------------
@@ -300,6 +335,46 @@ def test_a_400_is_reported_and_never_spooled(receiver: Receiver, spool: Spool,
     outcome = deliver(run_items(T0, 5), T0, receiver, spool)
     assert (outcome.rejected_items, outcome.spooled_batches, outcome.waiting_batches) == (5, 0, 0)
     assert "refused a batch of 5 items (HTTP 400: connot decode body)" in logs.text
+
+
+@pytest.mark.parametrize("status", [404, 401, 403, 405])
+def test_a_wrong_address_keeps_the_batch_and_says_so(receiver: Receiver, spool: Spool, logs: Logs,
+                                                     status: int) -> None:
+    receiver.fail(status, "404 page not found" if status == 404 else "no")
+    outcome = deliver(run_items(T0, 5), T0, receiver, spool)
+    assert (outcome.wrong_address, outcome.rejected_items) == (1, 0)
+    assert (outcome.spooled_items, outcome.waiting_batches) == (5, 1)
+    assert cli._push_exit_code(outcome, False) == cli.EXIT_REJECTED
+    (line,) = [x for x in logs.lines if x.startswith("ERROR")]
+    assert f"wrong address (HTTP {status}" in line and "fix --falcon-url or its credentials" in line, line
+    assert "the data is kept: 5 items of this run spooled, 1 batches wait" in line, line
+    receiver.ok()
+    outcome = deliver(run_items(T0 + 60, 5), T0 + 60, receiver, spool)
+    assert (outcome.replayed_items, outcome.sent_items, outcome.waiting_batches) == (5, 5, 0)
+    assert [p.items[0]["timestamp"] for p in receiver.accepted()] == [T0, T0 + 60]
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_the_batch_is_kept(receiver: Receiver, spool: Spool, logs: Logs,
+                                                          status: int) -> None:
+    receiver.redirect(status, receiver.url(TRANSFER))
+    spool.write(run_items(T0), T0, 0)
+    outcome = deliver(run_items(T0 + 60), T0 + 60, receiver, spool)
+    assert receiver.accepted() == [] and [p.status for p in receiver.pushes] == [status]  # one request, not followed
+    assert (outcome.wrong_address, outcome.replayed_batches, outcome.spooled_batches, outcome.waiting_batches) == \
+        (1, 0, 1, 2)
+    assert f"redirected to {receiver.url(TRANSFER)}, not followed" in logs.text
+    assert [e.path.name.endswith(".json.gz") for e in spool.entries()] == [True, True]  # nothing set aside
+
+
+def test_a_413_is_split_into_smaller_batches(receiver: Receiver, spool: Spool, logs: Logs) -> None:
+    one = len(json.dumps([item()]).encode())
+    receiver.limit(max_bytes=4 * one)
+    outcome = deliver(run_items(T0, 10), T0, receiver, spool, batch_size=10)
+    assert (outcome.sent_items, outcome.rejected_items, outcome.spooled_items) == (10, 0, 0)
+    assert 413 in [p.status for p in receiver.pushes]
+    assert [i["metric"] for i in receiver.items()] == [i["metric"] for i in run_items(T0, 10)]
+    assert logs.text.count("lower --batch-size") == 1
 
 
 def test_a_spooled_batch_refused_on_replay_is_set_aside_not_retried(receiver: Receiver, spool: Spool) -> None:
@@ -536,6 +611,79 @@ def test_spool_bounds_are_enforced_and_the_loss_reported(receiver: Receiver, tmp
     assert result.returncode == cli.EXIT_LOST, result.stderr
     assert "dropped 3 undelivered batches" in result.stderr
     assert runs_received(receiver) == 1 and batch_files(tmp_path) == []
+
+
+# -- Docker unreachable: the spool still drains -------------------------------------------
+
+NO_DOCKER = ("--docker-host", "unix:///nonexistent.sock")
+
+
+def spool_two_runs(spool_dir: Path) -> List[int]:
+    spool = Spool(spool_dir)
+    spool.open()
+    for minute in range(2):
+        spool.write(run_items(T0 + 60 * minute), T0 + 60 * minute, 0)
+    spool.close()
+    return [T0, T0 + 60]
+
+
+def test_with_docker_down_the_spool_is_still_replayed(receiver: Receiver, tmp_path: Path) -> None:
+    """Changed: a run that could not reach Docker exited 3 before any push (README: Changes)."""
+    spooled = spool_two_runs(tmp_path)
+    result = collect(receiver, tmp_path, *NO_DOCKER)
+    assert result.returncode == cli.EXIT_DOCKER, result.stderr
+    assert "cannot reach Docker at unix:///nonexistent.sock" in result.stderr
+    assert [p.items[0]["timestamp"] for p in receiver.accepted()] == spooled  # oldest first
+    assert len(receiver.items()) == 10 and batch_files(tmp_path) == []
+    assert receiver.lookups == []  # no items of its own: no endpoint to ask for
+
+
+def test_with_docker_down_and_nothing_spooled_nothing_is_sent(receiver: Receiver, tmp_path: Path) -> None:
+    result = collect(receiver, tmp_path, *NO_DOCKER)
+    assert result.returncode == cli.EXIT_DOCKER, result.stderr
+    assert receiver.pushes == [] and receiver.lookups == []
+
+
+def test_with_docker_and_the_receiver_down_the_spool_is_kept_and_the_run_exits_3(receiver: Receiver,
+                                                                                 tmp_path: Path) -> None:
+    spool_two_runs(tmp_path)
+    before = batch_files(tmp_path)
+    receiver.down()
+    result = collect(receiver, tmp_path, *NO_DOCKER)
+    assert result.returncode == cli.EXIT_DOCKER, result.stderr
+    assert "Connection refused" in result.stderr and batch_files(tmp_path) == before
+
+
+@pytest.mark.parametrize("fault, code", [("400", cli.EXIT_REJECTED), ("404", cli.EXIT_REJECTED),
+                                         ("aged", cli.EXIT_LOST)])
+def test_with_docker_down_a_refusal_or_a_loss_in_the_replay_is_not_hidden_by_3(
+        receiver: Receiver, tmp_path: Path, fault: str, code: int) -> None:
+    spool_two_runs(tmp_path)
+    args = list(NO_DOCKER)
+    if fault == "aged":
+        args += ["--spool-max-age", str(int(time.time()) - T0 - 30)]  # the first batch is too old
+    else:
+        receiver.fail(int(fault), "connot decode body" if fault == "400" else "404 page not found")
+    result = collect(receiver, tmp_path, *args)
+    assert result.returncode == code, result.stderr
+    assert "cannot reach Docker" in result.stderr
+    if fault == "400":
+        assert len(batch_files(tmp_path, ".rejected")) == 2 and batch_files(tmp_path) == []
+    elif fault == "404":
+        assert len(batch_files(tmp_path)) == 2 and "the data is kept" in result.stderr
+    else:
+        assert "dropped 1 undelivered batches" in result.stderr
+        assert [p.items[0]["timestamp"] for p in receiver.accepted()] == [T0 + 60]
+
+
+def test_with_docker_down_the_replay_ends_by_the_deadline(receiver: Receiver, tmp_path: Path) -> None:
+    spool_two_runs(tmp_path)
+    receiver.slow(60)
+    started = time.monotonic()
+    result = collect(receiver, tmp_path, *NO_DOCKER, "--deadline", "3")
+    assert result.returncode == cli.EXIT_DOCKER, result.stderr
+    assert time.monotonic() - started < 3 + 5  # generous: interpreter start-up, imports
+    assert len(batch_files(tmp_path)) == 2
 
 
 def test_usage_errors_for_bad_durations_and_sizes(tmp_path: Path) -> None:

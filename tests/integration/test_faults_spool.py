@@ -1,6 +1,6 @@
 """Faults of the spool and the textfile, through the command against real Docker and the real
-receiver: a missing, read-only, full, foreign-filled or link-planted spool; ten runs at once;
-spooled batches stamped across a clock jump.
+receiver: a missing, read-only, full, foreign-filled or link-planted spool; a wrong URL that
+keeps batches for three runs; ten runs at once; spooled batches stamped across a clock jump.
 
 Read-only and full filesystems are real mounts (a read-only tmpfs or bind mount: root ignores
 mode bits; a 64 KiB tmpfs), each undone when its test ends.
@@ -25,7 +25,7 @@ import pytest
 
 from container_netstat import cli, push
 from container_netstat.push import Deadline, Reply, Unreachable
-from container_netstat.spool import Spool, SpoolError
+from container_netstat.spool import NAME_FILE, Spool, SpoolError
 
 from conftest import unavailable
 from receiver import Receiver
@@ -337,6 +337,37 @@ def test_a_planted_link_is_refused_and_nothing_is_written_through_it(receiver: R
     assert receiver.pushes == []
 
 
+# -- a wrong URL -------------------------------------------------------------------------------
+
+
+def test_a_wrong_path_for_three_runs_loses_nothing_once_it_is_fixed(receiver: Receiver, tmp_path: Path) -> None:
+    """Changed: a 404 used to be a rejection, reported and not kept (README: Changes)."""
+    wrong = receiver.url("/v1/psuh")
+    for run in range(3):
+        result = collect(tmp_path, wrong)
+        assert result.returncode == cli.EXIT_REJECTED, result.stderr
+        (line,) = lines(result)
+        assert "HTTP 404" in line and "fix --falcon-url or its credentials" in line, line
+        assert "the data is kept: " in line and f"{run + 1} batches wait in {tmp_path}" in line, line
+        assert len(batches(tmp_path)) == run + 1
+        time.sleep(1.1)  # each run in a second of its own
+    # one request a run: the oldest batch was refused, so nothing newer was sent
+    assert [p.status for p in receiver.pushes] == [404] * 3 and receiver.accepted() == []
+    reader = Spool(tmp_path)
+    kept = [reader.load(entry) for entry in reader.pending()]
+    reader.close()
+    result = collect(tmp_path, receiver.url())
+    assert result.returncode == cli.EXIT_OK, result.stderr
+    sent = stamps(receiver)
+    assert sent == sorted(sent) and len(sent) == 4, sent  # oldest first, then this run's
+    assert sent[:3] == [batch[0]["timestamp"] for batch in kept]
+    received = receiver.items()
+    keys = [(i["timestamp"], i["metric"], i["tags"]) for i in received]
+    assert len(keys) == len(set(keys)), "an item was delivered twice"
+    assert received[: sum(map(len, kept))] == [item for batch in kept for item in batch]  # each exactly once
+    assert receiver.invalid() == [] and batches(tmp_path) == []
+
+
 # -- ten runs at once -------------------------------------------------------------------------
 
 
@@ -377,7 +408,7 @@ def test_ten_runs_at_once_one_delivers_nine_exit_7_at_once(receiver: Receiver, t
         (line,) = loser["stderr"].splitlines()
         assert "another run is in progress, this one did nothing" in line
     assert len(set(stamps(receiver))) == 1 and len(receiver.accepted()) >= 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lock", NAME_FILE])  # the agent's name, once
 
 
 def test_ten_runs_at_once_while_the_receiver_hangs_spool_one_whole_run(receiver: Receiver, tmp_path: Path) -> None:
@@ -388,7 +419,7 @@ def test_ten_runs_at_once_while_the_receiver_hangs_spool_one_whole_run(receiver:
     winner = next(r for r in runs if r["code"] == cli.EXIT_SPOOLED)
     spooled = int(winner["stderr"].split(" items of this run spooled")[0].rsplit("(", 1)[1].split(": ")[-1])
     files = batches(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lock"] + [p.name for p in files])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lock", NAME_FILE] + [p.name for p in files])
     reader = Spool(tmp_path)
     loaded = [item for entry in reader.pending() for item in reader.load(entry)]
     reader.close()
