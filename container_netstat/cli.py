@@ -138,8 +138,10 @@ def main() -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _runtime_dirs(ctx: click.Context, param: click.Parameter, value: Tuple[str, ...]) -> "Dirs":
+def _runtime_dirs(ctx: click.Context, param: click.Parameter, value: Tuple[str, ...]) -> "Optional[Dirs]":
     """--runtime-dir values -> dataroots.Dirs, or a usage error (exit 2)."""
+    if not value:
+        return None
     from container_netstat import dataroots
 
     try:
@@ -207,14 +209,14 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
                    include: Tuple[str, ...] = (), exclude: Tuple[str, ...] = ()) -> "Tuple[Any, Any, Dict[str, str]]":
     """Discover, resolve and read: (backend, snapshot, field scopes), or exit 3/4 with one line."""
     from container_netstat import collect as collecting
-    from container_netstat import dataroots, filters, metrics, runtimes
+    from container_netstat import filters, metrics, runtimes
     from container_netstat.errors import ContainerNetstatError, DockerUnavailable
     from container_netstat.pids import PidResolver
     from container_netstat.procfs import ProcFS
 
     proc = ProcFS(source.proc_root)
     paths = runtimes.Paths(source.proc_root, source.run_root, source.var_root, source.host_root,
-                           source.runtime_dirs or dataroots.Dirs())
+                           source.runtime_dirs)
     backend = runtimes.choose(source.runtime, os.environ, source.docker_timeout, paths, source.docker_host)
     try:
         containers = filters.select(backend.containers(), include, exclude)
@@ -287,7 +289,7 @@ def collect(
     run_root: str,
     var_root: str,
     host_root: str,
-    runtime_dirs: "Dirs",
+    runtime_dirs: "Optional[Dirs]",
     field_scopes: Tuple[str, ...],
     endpoint: Optional[str],
     step: int,
@@ -448,7 +450,7 @@ def doctor(
     run_root: str,
     var_root: str,
     host_root: str,
-    runtime_dirs: "Dirs",
+    runtime_dirs: "Optional[Dirs]",
     field_scopes: Tuple[str, ...],
     output_format: str,
     log_level: str,

@@ -9,9 +9,9 @@ the built-in default.
 - ``dockerd``: the data-root, ``<data-root>/containers/<id>/config.v2.json``.
   ``--data-root`` (before Docker 23, also ``-g`` and ``--graph``), else ``data-root``
   (before 23, ``graph``) in ``--config-file`` (default ``/etc/docker/daemon.json``),
-  else ``/var/lib/docker`` (moby ``cmd/dockerd/config.go``, ``cmd/dockerd/options.go``,
-  ``daemon/config/config.go``; dockerd refuses to start when the flag and the file both
-  set it).
+  else ``/var/lib/docker`` (moby ``cmd/dockerd/config.go`` for the flags,
+  ``cmd/dockerd/docker.go`` for ``--config-file``, ``daemon/config/config.go`` for the
+  keys; dockerd refuses to start when the flag and the file both set it).
 - ``containerd``: the state directory, ``<state>/io.containerd.runtime.v2.task/<ns>/<id>``.
   ``--state``, else the top-level ``state`` of ``--config``/``-c`` (default
   ``/etc/containerd/config.toml``), else ``/run/containerd`` (containerd
@@ -48,7 +48,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, replace
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -408,13 +408,16 @@ class _Reader:
         return keys
 
     def files_in(self, directory: str) -> List[str]:
+        """The host paths of the files in a directory, in name order."""
         clean = host_path(directory)
-        local = self.view.local(clean) if clean else ""
+        if clean is None:
+            return []
+        local = self.view.local(clean)
         try:
-            names = sorted(os.listdir(local)) if clean else []
+            names = sorted(os.listdir(local))
         except OSError:
             return []
-        return [posixpath.join(clean or "", n) for n in names if os.path.isfile(os.path.join(local, n))]
+        return [posixpath.join(clean, n) for n in names if os.path.isfile(os.path.join(local, n))]
 
     def dockerd(self, who: str, flags: Flags, running: bool) -> List[Found]:
         if flags.root:
@@ -441,8 +444,9 @@ class _Reader:
         """Graph and run roots: the flags, then (CRI-O) crio.conf and its drop-ins, then storage.conf."""
         storage_conf = next((p for p in STORAGE_CONFIGS if self.text(p) is not None), None)
         storage = self.toml([storage_conf] if storage_conf else [])
-        config = [flags.config or CRIO_CONFIG, *self.files_in(flags.config_dir or CRIO_CONFIG_DIR)]
-        crio_keys = self.toml(config) if crio else {}
+        crio_keys: _Keys = {}
+        if crio:
+            crio_keys = self.toml([flags.config or CRIO_CONFIG, *self.files_in(flags.config_dir or CRIO_CONFIG_DIR)])
         out = []
         for kind, flag, name, crio_key, storage_key in (
             (GRAPHROOT, flags.root, "--root", ("crio", "root"), ("storage", "graphroot")),
@@ -481,7 +485,7 @@ def discover(proc_root: str, daemons: Mapping[int, str], view: HostView) -> List
     with none running, as their configuration files (else their defaults) give them."""
     reader = _Reader(view)
     found: List[Found] = []
-    running = set()
+    running: Set[str] = set()
     for pid, comm in sorted(daemons.items()):
         argv = _argv(proc_root, pid)
         if argv is None:

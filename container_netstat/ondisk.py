@@ -44,11 +44,13 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat.cgroups import DOCKER, UNKNOWN
-from container_netstat.dataroots import DEFAULTS, Dirs, HostView
 from container_netstat.discovery import POD_NAME, POD_NAMESPACE, POD_UID
+
+if TYPE_CHECKING:  # pragma: no cover
+    from container_netstat.dataroots import Dirs
 
 CONTAINER_NAME = "io.kubernetes.container.name"
 # containerd CRI annotations (pkg/cri/annotations/annotations.go)
@@ -205,7 +207,11 @@ class NodeFiles:
         self.var_root = var_root
         self.proc_root = proc_root
         self.parent_of = parent_of
-        self.dirs = dirs if dirs is not None else HostView(run_root=run_root, var_root=var_root).localize(DEFAULTS)
+        if dirs is None:
+            from container_netstat.dataroots import DEFAULTS, HostView
+
+            dirs = HostView(run_root=run_root, var_root=var_root).localize(DEFAULTS)
+        self.dirs = dirs
         self._listings: Dict[str, Tuple[str, ...]] = {}
         self._storage_names: Optional[Dict[str, str]] = None
         self._pods: Optional[Dict[str, Tuple[str, str]]] = None

@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sequence
 
-from container_netstat import cgroups, dataroots, discovery
+from container_netstat import cgroups, discovery
 from container_netstat.discovery import Container
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.ondisk import NodeFiles
@@ -37,6 +37,8 @@ from container_netstat.procfs import ProcFS
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
+
+    from container_netstat.dataroots import Dirs
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class Paths:
     run_root: str = "/run"
     var_root: str = "/var"
     host_root: str = "/"
-    runtime_dirs: dataroots.Dirs = dataroots.Dirs()
+    runtime_dirs: Optional["Dirs"] = None
 
 
 @dataclass(frozen=True)
@@ -222,9 +224,11 @@ class ProcBackend:
         self.where = f"{paths.proc_root} (no runtime API)"
 
     def containers(self) -> List[Container]:
+        from container_netstat import dataroots  # here: only this backend needs it
+
         node = scan_node(self.proc, dataroots.DAEMONS)
         view = dataroots.HostView(self.paths.host_root, self.paths.run_root, self.paths.var_root)
-        dirs = dataroots.find(self.paths.proc_root, node.daemons, view, self.paths.runtime_dirs)
+        dirs = dataroots.find(self.paths.proc_root, node.daemons, view, self.paths.runtime_dirs or dataroots.Dirs())
         files = NodeFiles(self.paths.run_root, self.paths.var_root, self.paths.proc_root, self.proc.parent_pid,
                           view.localize(dirs))
         out: List[Container] = []

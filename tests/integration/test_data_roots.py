@@ -205,3 +205,71 @@ def test_host_root_and_runtime_dir(docker_by_flag: PrivateDocker, tmp_path: Path
     assert "--runtime-dir" in err and "Docker data-root /srv/docker" in err
     got, _ = collect("--runtime-dir", "docker=/nonexistent/cnt-dr", "--include", short)
     assert set(got) - {""} == {f"container={short}"}
+
+
+@pytest.fixture
+def private_podman() -> Iterator[Dict[str, str]]:
+    """A Podman container in a store of its own: ``podman --root <graph> --runroot <run> run``."""
+    from integration.test_podman import CONTAINERS_CONF, PODMAN_IMAGE, podman
+
+    if not shutil.which("podman"):
+        unavailable("podman is not installed (scripts/setup-runtimes.sh installs it)")
+    if not os.path.exists(CONTAINERS_CONF):
+        unavailable(f"{CONTAINERS_CONF} missing (scripts/setup-runtimes.sh writes it)")
+    if podman("image", "exists", PODMAN_IMAGE, check=False).returncode != 0:
+        unavailable(f"podman image {PODMAN_IMAGE} missing (scripts/setup-runtimes.sh imports it)")
+    base = tempfile.mkdtemp(prefix="cnt-dr-", dir="/tmp")
+    graph, run = os.path.join(base, "graph"), os.path.join(base, "run")
+    store = ("--root", graph, "--runroot", run)
+    name = f"cnt-dr-{uuid.uuid4().hex[:8]}-pm"
+    try:
+        podman("save", "-o", os.path.join(base, "image.tar"), PODMAN_IMAGE)
+        podman(*store, "load", "-i", os.path.join(base, "image.tar"))
+        cid = podman(*store, "run", "-d", "--ulimit", "host", "--network", "none", "--name", name,
+                     PODMAN_IMAGE, "sh", "-c", "sleep 100000").stdout.strip().splitlines()[-1]
+        yield {"base": base, "graph": graph, "run": run, "id": cid, "name": name}
+    finally:
+        podman(*store, "rm", "-f", "-t", "0", name, check=False)
+        podman(*store, "rmi", "-a", "-f", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_podman_with_a_store_of_its_own(private_podman: Dict[str, str], tmp_path: Path) -> None:
+    from integration.test_podman import podman_env
+
+    store, name, short = private_podman, private_podman["name"], private_podman["id"][:12]
+    # `podman run` leaves no podman process: nothing says where that store is
+    got, _ = collect("--include", short)
+    assert set(got) - {""} == {f"container={short}"}
+
+    # the host's storage.conf does, under the host root
+    view = tmp_path / "host"
+    (view / "etc" / "containers").mkdir(parents=True)
+    (view / "etc" / "containers" / "storage.conf").write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{store["graph"]}"\nrunroot = "{store["run"]}"\n')
+    (view / store["base"].lstrip("/")).parent.mkdir(parents=True)
+    (view / store["base"].lstrip("/")).symlink_to(store["base"])
+    got, err = collect("--host-root", str(view), "--include", name)
+    assert set(got) - {""} == {f"container={name}"}
+    assert f"containers/storage graphroot {store['graph']} (podman: /etc/containers/storage.conf)" in err
+
+    # so does --runtime-dir
+    got, _ = collect("--runtime-dir", f"graphroot={store['graph']}", "--include", name)
+    assert set(got) - {""} == {f"container={name}"}
+
+    # and a running `podman --root ... system service`
+    sock = os.path.join(store["base"], "podman.sock")
+    service = subprocess.Popen(["podman", "--root", store["graph"], "--runroot", store["run"], "system", "service",
+                                "--time=0", f"unix://{sock}"], env=podman_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock) and time.monotonic() < deadline and service.poll() is None:
+            time.sleep(0.1)
+        got, err = collect("--include", name)
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    assert set(got) - {""} == {f"container={name}"}
+    assert f"containers/storage graphroot {store['graph']} (podman {service.pid}: --root)" in err
+    assert f"container {short}: podman runtime" in err and "named from podman bundle" in err
