@@ -177,7 +177,7 @@ def _source_options(f: F) -> F:
         click.option("--host-root", default="/", show_default=True, type=click.Path(file_okay=False),
                      help="The host's / (e.g. /host): --runtime proc reads the runtimes' configuration files "
                      "and their directories outside /run and /var under it (those under --run-root, --var-root)."),
-        click.option("--runtime-dir", "runtime_dirs", multiple=True, metavar="KIND=PATH", callback=_runtime_dirs,
+        click.option("--runtime-dir", multiple=True, metavar="KIND=PATH", callback=_runtime_dirs,
                      help="A runtime's directory on the host, instead of the ones --runtime proc finds from the "
                      "running daemons: docker=DATA-ROOT, containerd=STATE, graphroot=PATH or runroot=PATH "
                      "(containers/storage: CRI-O, Podman). Repeatable."),
@@ -289,7 +289,7 @@ def collect(
     run_root: str,
     var_root: str,
     host_root: str,
-    runtime_dirs: "Optional[Dirs]",
+    runtime_dir: "Optional[Dirs]",
     field_scopes: Tuple[str, ...],
     endpoint: Optional[str],
     step: int,
@@ -332,7 +332,7 @@ def collect(
     spool = _locked_spool(spool_dir, spool_max_age, spool_max_bytes) if pushing else None
 
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
-                     runtime_dirs)
+                     runtime_dir)
     _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude)
 
     from container_netstat import falcon, metrics  # here, so that --help stays fast
@@ -450,7 +450,7 @@ def doctor(
     run_root: str,
     var_root: str,
     host_root: str,
-    runtime_dirs: "Optional[Dirs]",
+    runtime_dir: "Optional[Dirs]",
     field_scopes: Tuple[str, ...],
     output_format: str,
     log_level: str,
@@ -467,7 +467,7 @@ def doctor(
 
     _setup_logging(log_level)
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
-                     runtime_dirs)
+                     runtime_dir)
     backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic"})
     where = _redact(backend.where)
     try:

@@ -228,6 +228,9 @@ def test_a_wrong_runtime_dir_is_a_usage_error() -> None:
     assert "KIND one of docker, containerd, graphroot, runroot" in result.output
     result = CliRunner().invoke(cli.main, ["doctor", "--runtime-dir", "docker=relative"])
     assert result.exit_code == cli.EXIT_USAGE and "must be absolute" in result.output
+    result = CliRunner().invoke(cli.main, ["collect", "--dry-run", "--runtime", "proc"],
+                                env={"CONTAINER_NETSTAT_COLLECT_RUNTIME_DIR": "docker=/ok docker=relative"})
+    assert result.exit_code == cli.EXIT_USAGE and "'docker=relative'" in result.output
 
 
 # --- the reader, on a fake host ---
