@@ -19,6 +19,7 @@ import click
 from container_netstat import __version__
 
 if TYPE_CHECKING:
+    from container_netstat.dataroots import Dirs
     from container_netstat.metrics import Sample
     from container_netstat.push import Outcome
     from container_netstat.spool import Spool
@@ -138,6 +139,18 @@ def main() -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _runtime_dirs(ctx: click.Context, param: click.Parameter, value: Tuple[str, ...]) -> "Optional[Dirs]":
+    """--runtime-dir values -> dataroots.Dirs, or a usage error (exit 2)."""
+    if not value:
+        return None
+    from container_netstat import dataroots
+
+    try:
+        return dataroots.parse_given(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
 def _source_options(f: F) -> F:
     """The options of every command that reads containers: where from, and how to read them."""
     options = [
@@ -162,6 +175,13 @@ def _source_options(f: F) -> F:
         click.option("--var-root", default="/var", show_default=True, type=click.Path(file_okay=False),
                      help="The host's /var: --runtime proc names containers from lib/docker/containers, "
                      "lib/containers/storage and the kubelet's log/pods and log/containers there."),
+        click.option("--host-root", default="/", show_default=True, type=click.Path(file_okay=False),
+                     help="The host's / (e.g. /host): --runtime proc reads the runtimes' configuration files "
+                     "and their directories outside /run and /var under it (those under --run-root, --var-root)."),
+        click.option("--runtime-dir", multiple=True, metavar="KIND=PATH", callback=_runtime_dirs,
+                     help="A runtime's directory on the host, instead of the ones --runtime proc finds from the "
+                     "running daemons: docker=DATA-ROOT, containerd=STATE, graphroot=PATH or runroot=PATH "
+                     "(containers/storage: CRI-O, Podman). Repeatable."),
         click.option("--field-scope", "field_scopes", multiple=True, metavar="FIELD=netns|host",
                      help="Override whether a kernel-dependent sockstat field (tw, sockets_used) is per "
                      "network namespace on this kernel (for backports). Repeatable."),
@@ -182,6 +202,8 @@ class _Source:
     cgroup_root: str
     run_root: str
     var_root: str
+    host_root: str = "/"
+    runtime_dirs: Optional["Dirs"] = None  # from --runtime-dir
 
 
 def _tcp_reader(proc: Any, groups: "set[str]", states_asked: bool) -> Any:
@@ -217,7 +239,8 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
 
     proc = ProcFS(source.proc_root)
     tcp = _tcp_reader(proc, groups, states_asked)
-    paths = runtimes.Paths(source.proc_root, source.run_root, source.var_root)
+    paths = runtimes.Paths(source.proc_root, source.run_root, source.var_root, source.host_root,
+                           source.runtime_dirs)
     backend = runtimes.choose(source.runtime, os.environ, source.docker_timeout, paths, source.docker_host)
     try:
         containers = filters.select(backend.containers(), include, exclude)
@@ -294,6 +317,8 @@ def collect(
     cgroup_root: str,
     run_root: str,
     var_root: str,
+    host_root: str,
+    runtime_dir: "Optional[Dirs]",
     field_scopes: Tuple[str, ...],
     endpoint: Optional[str],
     step: int,
@@ -339,7 +364,8 @@ def collect(
         _check_url(falcon_url)
     spool = _locked_spool(spool_dir, spool_max_age, spool_max_bytes) if pushing else None
 
-    source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root)
+    source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
+                     runtime_dir)
     try:
         _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude, states_asked)
     except click.exceptions.Exit as stop:
@@ -482,6 +508,8 @@ def doctor(
     cgroup_root: str,
     run_root: str,
     var_root: str,
+    host_root: str,
+    runtime_dir: "Optional[Dirs]",
     field_scopes: Tuple[str, ...],
     output_format: str,
     log_level: str,
@@ -497,7 +525,8 @@ def doctor(
     from container_netstat.errors import DockerUnavailable
 
     _setup_logging(log_level)
-    source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root)
+    source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
+                     runtime_dir)
     backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic", "states"},
                                                states_asked=False)
     unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None

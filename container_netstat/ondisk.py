@@ -5,24 +5,29 @@ them. Pure parsers take the text of one file; ``NodeFiles`` opens the files unde
 the host's /run and /var (injectable, like the proc root). A file that is missing or
 unreadable is not an error: the container is then named by its short id.
 
-Sources, tried in this order for each container id:
+Sources, tried in this order for each container id. The runtimes' directories are
+``dataroots.Dirs``: those of the running daemons, found by dataroots.py, else the defaults
+shown here (``<var>/lib/docker``, ``<run>/containerd``, ``<var>/lib/containers/storage``,
+``<run>/containers/storage``).
 
-1. Docker's ``<var>/lib/docker/containers/<id>/config.v2.json`` (``Name``,
+1. Docker's ``<data-root>/containers/<id>/config.v2.json`` (``Name``,
    ``Config.Labels``) and ``hostconfig.json`` (``HostConfig.NetworkMode``). These are
-   Docker-internal files, not an API (they can move with ``data-root``); root-only.
+   Docker-internal files, not an API; root-only.
 2. The OCI bundle ``config.json`` of the container, whose ``annotations`` carry the
    Kubernetes identity:
-   - containerd: ``<run>/containerd/io.containerd.runtime.v2.task/<namespace>/<id>/``;
+   - containerd: ``<state>/io.containerd.runtime.v2.task/<namespace>/<id>/``;
      its CRI plugin writes ``io.kubernetes.cri.sandbox-name``, ``sandbox-namespace``,
      ``sandbox-uid`` (from 1.6.11), ``container-name`` and ``container-type``
      (``sandbox`` or ``container``), containerd ``pkg/cri/annotations/annotations.go``;
-   - CRI-O: ``<run>/containers/storage/overlay-containers/<id>/userdata/``; it writes
-     the kubelet's labels as JSON in ``io.kubernetes.cri-o.Labels`` and the type in
-     ``io.kubernetes.cri-o.ContainerType`` (cri-o ``pkg/annotations``);
-   - Podman: ``<var>/lib/containers/storage/overlay-containers/<id>/userdata/``;
+   - CRI-O: ``<runroot>/<driver>-containers/<id>/userdata/`` (``overlay-containers``,
+     ``vfs-containers``...); it writes the kubelet's labels as JSON in
+     ``io.kubernetes.cri-o.Labels`` and the type in ``io.kubernetes.cri-o.ContainerType``
+     (cri-o ``pkg/annotations``);
+   - Podman: ``<graphroot>/<driver>-containers/<id>/userdata/``;
    - any containerd, wherever its state lives: the shim runs in the bundle directory,
      so ``/proc/<shim pid>/cwd/config.json`` (needs ptrace rights over the shim).
-3. ``containers.json`` of containers/storage (CRI-O, Podman): the container's names.
+3. ``<driver>-containers/containers.json`` of containers/storage (CRI-O, Podman): the
+   container's names.
 4. The kubelet's log directories: ``<var>/log/pods/<namespace>_<pod>_<uid>/`` names a
    pod by its uid (from the cgroup path) and ``<var>/log/containers/
    <pod>_<namespace>_<container>-<id>.log`` a container by its id.
@@ -39,10 +44,13 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat.cgroups import DOCKER, UNKNOWN
 from container_netstat.discovery import POD_NAME, POD_NAMESPACE, POD_UID
+
+if TYPE_CHECKING:  # pragma: no cover
+    from container_netstat.dataroots import Dirs
 
 CONTAINER_NAME = "io.kubernetes.container.name"
 # containerd CRI annotations (pkg/cri/annotations/annotations.go)
@@ -56,8 +64,8 @@ CRIO_TYPE = "io.kubernetes.cri-o.ContainerType"
 CRIO_LABELS = "io.kubernetes.cri-o.Labels"
 SANDBOX = "sandbox"
 
-_CONTAINERD_TASKS = ("containerd", "io.containerd.runtime.v2.task")
-_STORAGE = ("containers", "storage", "overlay-containers")
+_CONTAINERD_TASKS = "io.containerd.runtime.v2.task"
+_STORAGE_SUFFIX = "-containers"  # containers/storage's <driver>-containers directories
 # <pod>_<namespace>_<container>-<id>.log; Kubernetes names hold no "_" (DNS-1123)
 _CONTAINER_LOG = re.compile(r"(?P<pod>[^_]+)_(?P<namespace>[^_]+)_(?P<container>[^_]+)-(?P<id>[0-9a-f]{64})\.log")
 
@@ -180,7 +188,9 @@ def _listdir(path: str) -> Tuple[str, ...]:
 
 
 class NodeFiles:
-    """Reads the node's runtime and kubelet files under injectable /run and /var roots.
+    """Reads the node's runtime and kubelet files under injectable /run and /var roots,
+    and the runtimes' directories ``dirs`` (local paths; the defaults under those roots if
+    not given).
 
     Directory listings are read once per instance (one run).
     """
@@ -191,33 +201,48 @@ class NodeFiles:
         var_root: str = "/var",
         proc_root: str = "/proc",
         parent_of: Optional[Callable[[int], Optional[int]]] = None,
+        dirs: Optional[Dirs] = None,
     ) -> None:
         self.run_root = run_root
         self.var_root = var_root
         self.proc_root = proc_root
         self.parent_of = parent_of
-        self._containerd_namespaces: Optional[Tuple[str, ...]] = None
+        if dirs is None:
+            from container_netstat.dataroots import DEFAULTS, HostView
+
+            dirs = HostView(run_root=run_root, var_root=var_root).localize(DEFAULTS)
+        self.dirs = dirs
+        self._listings: Dict[str, Tuple[str, ...]] = {}
         self._storage_names: Optional[Dict[str, str]] = None
         self._pods: Optional[Dict[str, Tuple[str, str]]] = None
         self._logs: Optional[Dict[str, Tuple[str, str, str]]] = None
 
+    def _list(self, path: str) -> Tuple[str, ...]:
+        if path not in self._listings:
+            self._listings[path] = _listdir(path)
+        return self._listings[path]
+
+    def _storage_dirs(self, root: str) -> List[str]:
+        """``<root>/<driver>-containers`` of a containers/storage root, for any driver."""
+        return [os.path.join(root, e) for e in self._list(root) if e.endswith(_STORAGE_SUFFIX)]
+
     def docker(self, container_id: str) -> Optional[Identity]:
-        base = os.path.join(self.var_root, "lib", "docker", "containers", container_id)
-        config = _read(os.path.join(base, "config.v2.json"))
-        if config is None:
-            return None
-        return parse_docker_config(config, _read(os.path.join(base, "hostconfig.json")) or "")
+        for root in self.dirs.docker:
+            base = os.path.join(root, "containers", container_id)
+            config = _read(os.path.join(base, "config.v2.json"))
+            if config is not None:
+                return parse_docker_config(config, _read(os.path.join(base, "hostconfig.json")) or "")
+        return None
 
     def _bundle_paths(self, container_id: str) -> List[Tuple[str, str]]:
-        tasks = os.path.join(self.run_root, *_CONTAINERD_TASKS)
-        if self._containerd_namespaces is None:
-            self._containerd_namespaces = _listdir(tasks)
-        paths = [(os.path.join(tasks, ns, container_id, "config.json"), f"containerd bundle ({ns})")
-                 for ns in self._containerd_namespaces]
-        paths.append((os.path.join(self.run_root, *_STORAGE, container_id, "userdata", "config.json"),
-                      "cri-o bundle"))
-        paths.append((os.path.join(self.var_root, "lib", *_STORAGE, container_id, "userdata", "config.json"),
-                      "podman bundle"))
+        paths = []
+        for state in self.dirs.containerd:
+            tasks = os.path.join(state, _CONTAINERD_TASKS)
+            paths += [(os.path.join(tasks, ns, container_id, "config.json"), f"containerd bundle ({ns})")
+                      for ns in self._list(tasks)]
+        for roots, source in ((self.dirs.runroot, "cri-o bundle"), (self.dirs.graphroot, "podman bundle")):
+            paths += [(os.path.join(d, container_id, "userdata", "config.json"), source)
+                      for root in roots for d in self._storage_dirs(root)]
         return paths
 
     def bundle(self, container_id: str, pid: Optional[int] = None) -> Optional[Identity]:
@@ -238,10 +263,11 @@ class NodeFiles:
     def storage_name(self, container_id: str) -> Optional[str]:
         if self._storage_names is None:
             self._storage_names = {}
-            for base in (self.var_root + "/lib", self.run_root):
-                text = _read(os.path.join(base, *_STORAGE, "containers.json"))
-                if text:
-                    self._storage_names.update(parse_storage_names(text))
+            for root in (*self.dirs.graphroot, *self.dirs.runroot):
+                for directory in self._storage_dirs(root):
+                    text = _read(os.path.join(directory, "containers.json"))
+                    if text:
+                        self._storage_names.update(parse_storage_names(text))
         return self._storage_names.get(container_id)
 
     def pod(self, pod_uid: str) -> Optional[Tuple[str, str]]:

@@ -27,11 +27,11 @@ UID = "0b5b2c0e-1111-2222-3333-444455556666"
 
 
 class Host:
-    """A fake host: <tmp>/proc, <tmp>/run, <tmp>/var."""
+    """A fake host: <tmp>/proc, <tmp>/run, <tmp>/var, and <tmp> for the rest (/etc...)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.paths = Paths(str(root / "proc"), str(root / "run"), str(root / "var"))
+        self.paths = Paths(str(root / "proc"), str(root / "run"), str(root / "var"), str(root))
         (root / "proc").mkdir()
 
     def process(self, pid: int, cgroup: str, ppid: int = 1, cwd: Optional[Path] = None, comm: str = "sh") -> None:

@@ -152,11 +152,21 @@ def test_every_pod_namespace_once_with_pod_tags_values_as_ss(pods: Pods, holders
     assert "named from containerd bundle (cntest)" in err
 
 
-def test_bundles_found_through_the_shim_when_the_state_dir_is_elsewhere(pods: Pods) -> None:
+def test_state_dir_found_from_the_running_containerd(pods: Pods) -> None:
     pods.pod("shop", "cart-0", ["cart"])
-    # default --run-root /run: this containerd's state is not under /run/containerd
+    # default --run-root /run: this containerd's state is not under /run/containerd, but its
+    # --config file says where it is
     got, err = collect("--include", "io.kubernetes.cri.sandbox-name=cart-0", "--log-level", "debug")
     assert "namespace=shop,pod=cart-0" in got
+    assert "named from containerd bundle (cntest)" in err
+    assert f"containerd state {RUN_ROOT}/containerd (containerd " in err
+
+
+def test_bundles_found_through_the_shim_when_the_state_dir_is_unknown(pods: Pods) -> None:
+    pods.pod("shop", "cart-1", ["cart"])
+    got, err = collect("--runtime-dir", "containerd=/nonexistent/state", "--include",
+                       "io.kubernetes.cri.sandbox-name=cart-1", "--log-level", "debug")
+    assert "namespace=shop,pod=cart-1" in got
     assert "named from shim bundle" in err
 
 

@@ -1,0 +1,533 @@
+"""Where each running container runtime keeps the files that name its containers.
+
+``ondisk.NodeFiles`` names containers from files under a runtime's directories, which
+move when the runtime is told so. For every runtime daemon running on the host (found
+by ``/proc/<pid>/comm`` in the scan of ``runtimes.scan_node``), this module reads them
+the way the daemon resolves them: its command line, else its configuration file, else
+the built-in default.
+
+- ``dockerd``: the data-root, ``<data-root>/containers/<id>/config.v2.json``.
+  ``--data-root`` (before Docker 23, also ``-g`` and ``--graph``), else ``data-root``
+  (before 23, ``graph``) in ``--config-file`` (default ``/etc/docker/daemon.json``),
+  else ``/var/lib/docker`` (moby ``cmd/dockerd/config.go`` for the flags,
+  ``cmd/dockerd/docker.go`` for ``--config-file``, ``daemon/config/config.go`` for the
+  keys; dockerd refuses to start when the flag and the file both set it).
+- ``containerd``: the state directory, ``<state>/io.containerd.runtime.v2.task/<ns>/<id>``.
+  ``--state``, else the top-level ``state`` of ``--config``/``-c`` (default
+  ``/etc/containerd/config.toml``), else ``/run/containerd`` (containerd
+  ``cmd/containerd/command/main.go``, ``defaults/defaults_unix.go``). Its ``root`` holds
+  images and metadata, nothing that names a container.
+- ``crio`` and ``podman`` (containers/storage): the graph root and the run root, each with
+  ``<driver>-containers/<id>/userdata/`` and ``containers.json``. CRI-O: ``--root``/``-r``
+  and ``--runroot``, else ``root`` and ``runroot`` of its ``[crio]`` table in ``--config``/
+  ``-c`` (default ``/etc/crio/crio.conf``) and then the files of ``--config-dir``/``-d``
+  (default ``/etc/crio/crio.conf.d``) in lexical order, the later winning (cri-o
+  ``docs/crio.8.md``, ``docs/crio.conf.5.md``, ``docs/crio.conf.d.5.md``). Podman:
+  ``--root`` and ``--runroot``. Then, for both, ``graphroot`` and ``runroot`` of the
+  ``[storage]`` table of ``/etc/containers/storage.conf`` (else
+  ``/usr/share/containers/storage.conf``), else ``/var/lib/containers/storage`` and
+  ``/run/containers/storage`` (containers/storage ``types/options.go``,
+  ``docs/containers-storage.conf.5.md``). Podman has no daemon, so that last answer is
+  always taken as well: a ``podman run`` leaves no process with its flags.
+
+A runtime with no running daemon is read as if one ran without flags: its containers can
+outlive it (dockerd's live-restore, containerd's shims). Only processes of uid 0 outside
+any container's cgroup are believed, so no user can point the tool at files of their own.
+
+Paths on the host are read under the roots the tool is given (``HostView``): a path under
+``/run`` or ``/var/run`` under the run root, one under ``/var`` under the var root, any
+other under the host root. ``Dirs`` given by the user (``--runtime-dir``) replace what is
+found, kind by kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import re
+from dataclasses import dataclass, replace
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+log = logging.getLogger(__name__)
+
+DOCKER = "docker"
+CONTAINERD = "containerd"
+GRAPHROOT = "graphroot"
+RUNROOT = "runroot"
+KINDS = (DOCKER, CONTAINERD, GRAPHROOT, RUNROOT)
+_TITLES = {DOCKER: "Docker data-root", CONTAINERD: "containerd state", GRAPHROOT: "containers/storage graphroot",
+           RUNROOT: "containers/storage runroot"}
+
+# /proc/<pid>/comm of the daemons whose command lines say where their directories are
+DAEMONS = frozenset({"dockerd", "containerd", "crio", "podman"})
+
+DOCKER_CONFIG = "/etc/docker/daemon.json"
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+CRIO_CONFIG = "/etc/crio/crio.conf"
+CRIO_CONFIG_DIR = "/etc/crio/crio.conf.d"
+STORAGE_CONFIGS = ("/etc/containers/storage.conf", "/usr/share/containers/storage.conf")
+
+
+@dataclass(frozen=True)
+class Dirs:
+    """The runtimes' directories that name containers, by kind; a kind may list several."""
+
+    docker: Tuple[str, ...] = ()  # dockerd data-roots
+    containerd: Tuple[str, ...] = ()  # containerd state directories
+    graphroot: Tuple[str, ...] = ()  # containers/storage graph roots (Podman, CRI-O)
+    runroot: Tuple[str, ...] = ()  # containers/storage run roots (CRI-O's bundles)
+
+    def of(self, kind: str) -> Tuple[str, ...]:
+        return tuple(getattr(self, kind))
+
+
+DEFAULTS = Dirs(
+    docker=("/var/lib/docker",),
+    containerd=("/run/containerd",),
+    graphroot=("/var/lib/containers/storage",),
+    runroot=("/run/containers/storage",),
+)
+
+
+@dataclass(frozen=True)
+class Flags:
+    """What a daemon's command line sets; "" where it sets nothing."""
+
+    config: str = ""  # its configuration file
+    config_dir: str = ""  # CRI-O's drop-in directory
+    root: str = ""  # dockerd's data-root, CRI-O's and Podman's graph root
+    state: str = ""  # containerd's state, CRI-O's and Podman's run root
+
+
+# comm -> (long names, one-letter names, Go's flag syntax), each name -> a Flags field.
+# dockerd and podman parse with spf13/pflag: --name value, --name=value, -n value, -nvalue,
+# -n=value. containerd and CRI-O with urfave/cli over Go's flag package: -name or --name,
+# with a value after a space or "=", for long and short names alike.
+_FLAGS: Dict[str, Tuple[Dict[str, str], Dict[str, str], bool]] = {
+    "dockerd": ({"data-root": "root", "graph": "root", "config-file": "config"}, {"g": "root"}, False),
+    "containerd": ({"config": "config", "c": "config", "state": "state"}, {}, True),
+    "crio": ({"config": "config", "c": "config", "config-dir": "config_dir", "d": "config_dir",
+              "root": "root", "r": "root", "runroot": "state"}, {}, True),
+    "podman": ({"root": "root", "runroot": "state"}, {}, False),
+}
+
+
+def parse_cmdline(raw: bytes) -> Tuple[str, ...]:
+    """/proc/<pid>/cmdline: the arguments, each ended by a NUL."""
+    parts = raw.split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return tuple(os.fsdecode(p) for p in parts)
+
+
+def parse_flags(comm: str, argv: Sequence[str]) -> Flags:
+    """The directory and configuration flags of a daemon's command line (the last one wins)."""
+    if comm not in _FLAGS:
+        return Flags()
+    long_names, letters, go_style = _FLAGS[comm]
+    found: Dict[str, str] = {}
+    args = list(argv[1:])
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            break
+        if not arg.startswith("-") or arg == "-":
+            continue
+        value: Optional[str] = None
+        if arg.startswith("--") or go_style:
+            name, eq, attached = arg.lstrip("-").partition("=")
+            key = long_names.get(name)
+            if eq:
+                value = attached
+        else:  # pflag's one-letter form: -gVALUE, -g=VALUE, or -g VALUE
+            key, attached = letters.get(arg[1]), arg[2:]
+            if attached:
+                value = attached[1:] if attached.startswith("=") else attached
+        if key is None:
+            continue
+        if value is None:
+            if i == len(args):
+                break
+            value = args[i]
+            i += 1
+        found[key] = value
+    return Flags(**found)
+
+
+def parse_daemon_json(text: str) -> Optional[str]:
+    """Docker's daemon.json -> its ``data-root`` (else the old ``graph``), "" if neither;
+    None if the text is not a JSON object."""
+    try:
+        config = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    for key in ("data-root", "graph"):
+        value = config.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)")
+_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def _unescape(match: "re.Match[str]") -> str:
+    code = match.group(1)
+    if code[0] in "uU" and len(code) > 1:
+        return chr(int(code[1:], 16)) if int(code[1:], 16) <= 0x10FFFF else ""
+    return _ESCAPES.get(code, "")
+
+
+def _one_line_string(text: str, i: int) -> Tuple[Optional[str], int]:
+    """The basic ("...") or literal ('...') string at text[i], and the index after it;
+    (None, i) if there is none that ends on this line."""
+    quote = text[i] if i < len(text) else ""
+    if quote not in ("'", '"') or text.startswith(quote * 3, i):
+        return None, i
+    j = i + 1
+    while j < len(text) and text[j] != quote and text[j] != "\n":
+        j += 2 if quote == '"' and text[j] == "\\" else 1
+    if j >= len(text) or text[j] != quote:
+        return None, i
+    body = text[i + 1:j]
+    return (_ESCAPE.sub(_unescape, body) if quote == '"' else body), j + 1
+
+
+def _skip_blanks(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    return i
+
+
+def _end_of_line(text: str, i: int) -> int:
+    end = text.find("\n", i)
+    return len(text) if end < 0 else end + 1
+
+
+def _key(text: str, i: int) -> Tuple[Optional[Tuple[str, ...]], int]:
+    """A dotted key (bare or quoted parts) at text[i], and the index after it."""
+    parts: List[str] = []
+    while True:
+        i = _skip_blanks(text, i)
+        bare = _BARE_KEY.match(text, i)
+        if bare:
+            part: Optional[str] = bare.group()
+            i = bare.end()
+        else:
+            part, i = _one_line_string(text, i)
+        if part is None:
+            return None, i
+        parts.append(part)
+        i = _skip_blanks(text, i)
+        if not text.startswith(".", i):
+            return tuple(parts), i
+        i += 1
+
+
+def _after_multi_line_string(text: str, i: int) -> int:
+    """The index after the multi-line string at text[i] (the end of the text if it never ends)."""
+    quote = text[i:i + 3]
+    end = i + 3
+    while True:
+        end = text.find(quote, end)
+        if end < 0:
+            return len(text)
+        if quote == "'''" or not _escaped(text, end):
+            break
+        end += 1
+    after = end + 3
+    while after < end + 5 and text.startswith(quote[0], after):  # one or two quotes may end its content
+        after += 1
+    return after
+
+
+def _escaped(text: str, i: int) -> bool:
+    """True if text[i] follows an odd number of backslashes."""
+    backslashes = 0
+    while i - backslashes > 0 and text[i - backslashes - 1] == "\\":
+        backslashes += 1
+    return backslashes % 2 == 1
+
+
+def _skip_value(text: str, i: int) -> int:
+    """The index of the end of the line where the value at text[i] ends: arrays and inline
+    tables may span lines, and so may multi-line strings; strings may hold [ ] and #."""
+    depth = 0
+    while i < len(text):
+        char = text[i]
+        if text.startswith('"""', i) or text.startswith("'''", i):
+            i = _after_multi_line_string(text, i)
+        elif char in "'\"":
+            _, after = _one_line_string(text, i)
+            i = max(after, i + 1)
+        elif char == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        elif char == "\n" and depth <= 0:
+            return i
+        else:
+            depth += (char in "[{") - (char in "]}")
+            i += 1
+    return i
+
+
+def parse_toml_strings(text: str) -> Dict[Tuple[str, ...], str]:
+    """Every one-line string value of a TOML document, by its full key (table, then key).
+
+    Only what this module needs: tables (``[a."b"]``, ``[[a]]``), bare, quoted and dotted
+    keys, basic and literal strings. Other values (numbers, arrays, multi-line strings...)
+    are skipped, and so is a line it cannot read: the runtime has already parsed its file.
+    """
+    out: Dict[Tuple[str, ...], str] = {}
+    table: Tuple[str, ...] = ()
+    i = 0
+    while i < len(text):
+        i = _skip_blanks(text, i)
+        if i >= len(text):
+            break
+        if text[i] in "\r\n#":
+            i = _end_of_line(text, i)
+            continue
+        if text[i] == "[":
+            double = text.startswith("[[", i)
+            key, after = _key(text, i + (2 if double else 1))
+            closing = "]]" if double else "]"
+            after = _skip_blanks(text, after)
+            if key is not None and text.startswith(closing, after):
+                table = key
+            i = _end_of_line(text, i)
+            continue
+        key, i = _key(text, i)
+        i = _skip_blanks(text, i)
+        if key is None or not text.startswith("=", i):
+            i = _end_of_line(text, i)
+            continue
+        i = _skip_blanks(text, i + 1)
+        value, after = _one_line_string(text, i)
+        if value is not None:
+            out[table + key] = value
+            i = after
+        else:
+            i = _skip_value(text, i)
+        i = _end_of_line(text, i)
+    return out
+
+
+def host_path(path: str) -> Optional[str]:
+    """A clean absolute path, or None for a relative one (it would be the daemon's cwd's)."""
+    if not path.startswith("/"):
+        return None
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+@dataclass(frozen=True)
+class HostView:
+    """Where the host's /, /run and /var are seen from here (``--host-root``, ``--run-root``,
+    ``--var-root``)."""
+
+    host_root: str = "/"
+    run_root: str = "/run"
+    var_root: str = "/var"
+
+    def local(self, path: str) -> str:
+        """Where a path on the host is read from here. ``/var/run`` is taken for ``/run``, as on
+        every distribution with systemd (and Debian since 7), where it is a link to it."""
+        clean = host_path(path) or path
+        for prefix, root in (("/var/run", self.run_root), ("/run", self.run_root), ("/var", self.var_root),
+                             ("/", self.host_root)):
+            if clean == prefix or clean.startswith(prefix.rstrip("/") + "/"):
+                rest = clean[len(prefix):].lstrip("/")
+                return os.path.join(root, rest) if rest else root
+        return clean
+
+    def localize(self, dirs: Dirs) -> Dirs:
+        return Dirs(**{kind: tuple(self.local(p) for p in dirs.of(kind)) for kind in KINDS})
+
+
+def parse_given(values: Iterable[str]) -> Dirs:
+    """``--runtime-dir KIND=PATH`` values -> the directories they give; ValueError if one is wrong."""
+    given: Dict[str, List[str]] = {kind: [] for kind in KINDS}
+    for value in values:
+        kind, sep, path = value.partition("=")
+        kind = kind.strip()
+        if not sep or kind not in given:
+            raise ValueError(f"{value!r}: expected KIND=PATH, KIND one of {', '.join(KINDS)}")
+        clean = host_path(path.strip())
+        if clean is None:
+            raise ValueError(f"{value!r}: PATH must be absolute, as seen on the host")
+        given[kind].append(clean)
+    return Dirs(**{kind: tuple(paths) for kind, paths in given.items()})
+
+
+# --- the reader: command lines under the proc root, configuration files through a HostView ---
+
+
+@dataclass(frozen=True)
+class Found:
+    """One directory of one runtime, and where it was read."""
+
+    kind: str
+    path: str  # on the host
+    source: str  # for the debug log: "dockerd 812: --data-root", "no containerd running: default"...
+    running: bool  # from a running daemon (not from the files alone)
+
+
+_Keys = Dict[Tuple[str, ...], Tuple[str, str]]  # TOML key -> (value, the file that set it)
+
+
+class _Reader:
+    """Reads the runtimes' configuration files, each once, at their host paths through ``view``."""
+
+    def __init__(self, view: HostView) -> None:
+        self.view = view
+        self._texts: Dict[str, Optional[str]] = {}
+
+    def text(self, path: str) -> Optional[str]:
+        clean = host_path(path)
+        if clean is None:
+            return None
+        if clean not in self._texts:
+            self._texts[clean] = _read_text(self.view.local(clean))
+        return self._texts[clean]
+
+    def toml(self, paths: Iterable[str]) -> _Keys:
+        """The non-empty string values of these files, a later file's winning."""
+        keys: _Keys = {}
+        for path in paths:
+            text = self.text(path)
+            if text is not None:
+                keys.update({key: (value, path) for key, value in parse_toml_strings(text).items() if value})
+        return keys
+
+    def files_in(self, directory: str) -> List[str]:
+        """The host paths of the files in a directory, in name order."""
+        clean = host_path(directory)
+        if clean is None:
+            return []
+        local = self.view.local(clean)
+        try:
+            names = sorted(os.listdir(local))
+        except OSError:
+            return []
+        return [posixpath.join(clean, n) for n in names if os.path.isfile(os.path.join(local, n))]
+
+    def dockerd(self, who: str, flags: Flags, running: bool) -> List[Found]:
+        if flags.root:
+            return [Found(DOCKER, flags.root, f"{who}: --data-root", running)]
+        config = flags.config or DOCKER_CONFIG
+        text = self.text(config)
+        root = parse_daemon_json(text) if text is not None else ""
+        if root:
+            return [Found(DOCKER, root, f"{who}: {config}", running)]
+        if root is None:
+            log.warning("%s: not a JSON object; Docker's data-root taken as the default %s",
+                        config, DEFAULTS.docker[0])
+        return [Found(DOCKER, DEFAULTS.docker[0], f"{who}: default", running)]
+
+    def containerd(self, who: str, flags: Flags, running: bool) -> List[Found]:
+        if flags.state:
+            return [Found(CONTAINERD, flags.state, f"{who}: --state", running)]
+        state = self.toml([flags.config or CONTAINERD_CONFIG]).get(("state",))
+        if state:
+            return [Found(CONTAINERD, state[0], f"{who}: {state[1]}", running)]
+        return [Found(CONTAINERD, DEFAULTS.containerd[0], f"{who}: default", running)]
+
+    def storage(self, who: str, flags: Flags, crio: bool, running: bool) -> List[Found]:
+        """Graph and run roots: the flags, then (CRI-O) crio.conf and its drop-ins, then storage.conf."""
+        storage_conf = next((p for p in STORAGE_CONFIGS if self.text(p) is not None), None)
+        storage = self.toml([storage_conf] if storage_conf else [])
+        crio_keys: _Keys = {}
+        if crio:
+            crio_keys = self.toml([flags.config or CRIO_CONFIG, *self.files_in(flags.config_dir or CRIO_CONFIG_DIR)])
+        out = []
+        for kind, flag, name, crio_key, storage_key in (
+            (GRAPHROOT, flags.root, "--root", ("crio", "root"), ("storage", "graphroot")),
+            (RUNROOT, flags.state, "--runroot", ("crio", "runroot"), ("storage", "runroot")),
+        ):
+            if flag:
+                out.append(Found(kind, flag, f"{who}: {name}", running))
+                continue
+            value, source = crio_keys.get(crio_key) or storage.get(storage_key) or (DEFAULTS.of(kind)[0], "default")
+            out.append(Found(kind, value, f"{who}: {source}", running))
+        return out
+
+
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _argv(proc_root: str, pid: int) -> Optional[Tuple[str, ...]]:
+    """The command line of a daemon run by uid 0, or None (gone, or not root's)."""
+    try:
+        if os.stat(os.path.join(proc_root, str(pid))).st_uid != 0:
+            log.debug("process %d: not run by root, its directories are not taken", pid)
+            return None
+        with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
+            return parse_cmdline(f.read())
+    except OSError:
+        return None
+
+
+def discover(proc_root: str, daemons: Mapping[int, str], view: HostView) -> List[Found]:
+    """Every directory of the running ``daemons`` (pid -> comm), and those of the runtimes
+    with none running, as their configuration files (else their defaults) give them."""
+    reader = _Reader(view)
+    found: List[Found] = []
+    running: Set[str] = set()
+    for pid, comm in sorted(daemons.items()):
+        argv = _argv(proc_root, pid)
+        if argv is None:
+            continue
+        running.add(comm)
+        flags, who = parse_flags(comm, argv), f"{comm} {pid}"
+        if comm == "dockerd":
+            found += reader.dockerd(who, flags, running=True)
+        elif comm == "containerd":
+            found += reader.containerd(who, flags, running=True)
+        elif comm in ("crio", "podman"):
+            found += reader.storage(who, flags, crio=comm == "crio", running=True)
+    if "dockerd" not in running:
+        found += reader.dockerd("no dockerd running", Flags(), running=False)
+    if "containerd" not in running:
+        found += reader.containerd("no containerd running", Flags(), running=False)
+    # Podman has no daemon: what storage.conf says holds whether or not a podman process runs.
+    found += reader.storage("podman", Flags(), crio=False, running=False)
+    return found
+
+
+def find(proc_root: str, daemons: Mapping[int, str], view: HostView, given: Dirs = Dirs()) -> Dirs:
+    """The host paths of the runtimes' directories: ``given``'s for each kind it names, else
+    the ones ``discover`` finds. Logs each at debug level, and warns when a running
+    dockerd's data-root cannot be read here (its containers would be named by short id)."""
+    dirs: Dict[str, List[str]] = {kind: list(given.of(kind)) for kind in KINDS}
+    checked = [Found(kind, path, "--runtime-dir", True) for kind in KINDS for path in given.of(kind)]
+    wanted = [kind for kind in KINDS if not given.of(kind)]
+    if wanted:
+        for item in discover(proc_root, daemons, view):
+            clean = host_path(item.path)
+            if item.kind not in wanted:
+                continue
+            if clean is None:
+                log.debug("%s %r (%s) is relative: not taken", _TITLES[item.kind], item.path, item.source)
+            elif clean not in dirs[item.kind]:
+                dirs[item.kind].append(clean)
+                checked.append(replace(item, path=clean))
+    for item in checked:
+        local = view.local(item.path)
+        log.debug("%s %s (%s), read at %s", _TITLES[item.kind], item.path, item.source, local)
+        if item.kind == DOCKER and item.running and not os.path.isdir(os.path.join(local, "containers")):
+            log.warning("%s: Docker keeps its containers in %s/containers, not readable at %s/containers: "
+                        "they are named by short id (see --host-root, --runtime-dir)", item.source, item.path, local)
+    return Dirs(**{kind: tuple(paths) for kind, paths in dirs.items()})

@@ -1,0 +1,432 @@
+"""Where the runtimes keep their files: command lines, configuration files, host paths.
+
+Pure parser tables first, then the reader on fake /proc and host trees. The real daemons
+are in tests/integration/test_data_roots.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+import pytest
+from click.testing import CliRunner
+
+from container_netstat import cli, dataroots, runtimes
+from container_netstat.dataroots import Dirs, Flags, HostView
+from container_netstat.ondisk import NodeFiles
+from container_netstat.procfs import ProcFS
+
+DOCKER_ID = "a" * 64
+CRIO_ID = "d" * 64
+
+
+# --- /proc/<pid>/cmdline ---
+
+@pytest.mark.parametrize("raw, argv", [
+    (b"dockerd\0--data-root\0/data/docker\0", ("dockerd", "--data-root", "/data/docker")),
+    (b"dockerd\0--data-root\0\0", ("dockerd", "--data-root", "")),  # an empty argument stays
+    (b"containerd", ("containerd",)),  # no final NUL (a process that rewrote its arguments)
+    (b"", ()),  # a kernel thread, or a zombie
+    (b"podman\0--root\0/d\xffata\0", ("podman", "--root", "/d\udcffata")),  # bytes kept as os.fsdecode does
+])
+def test_cmdline_parser(raw: bytes, argv: Tuple[str, ...]) -> None:
+    assert dataroots.parse_cmdline(raw) == argv
+
+
+# --- daemon flags ---
+
+@pytest.mark.parametrize("comm, args, flags", [
+    # dockerd: spf13/pflag
+    ("dockerd", [], Flags()),
+    ("dockerd", ["--data-root", "/data/docker"], Flags(root="/data/docker")),
+    ("dockerd", ["--data-root=/data/docker"], Flags(root="/data/docker")),
+    ("dockerd", ["-g", "/old"], Flags(root="/old")),
+    ("dockerd", ["-g/old"], Flags(root="/old")),
+    ("dockerd", ["-g=/old"], Flags(root="/old")),
+    ("dockerd", ["--graph", "/old"], Flags(root="/old")),
+    ("dockerd", ["--graph=/old", "--data-root", "/new"], Flags(root="/new")),  # the last one wins
+    ("dockerd", ["--config-file", "/etc/d.json"], Flags(config="/etc/d.json")),
+    ("dockerd", ["--config-file=/etc/d.json", "-H", "unix:///x.sock", "--exec-root", "/run/x"],
+     Flags(config="/etc/d.json")),
+    ("dockerd", ["-H", "fd://", "--containerd=/run/containerd/containerd.sock"], Flags()),
+    ("dockerd", ["-data-root", "/x"], Flags()),  # not pflag syntax: dockerd itself would refuse it
+    ("dockerd", ["--data-root"], Flags()),  # no value
+    ("dockerd", ["--", "--data-root", "/x"], Flags()),  # after "--" nothing is a flag
+    # containerd: urfave/cli on Go's flag package, one or two dashes
+    ("containerd", ["--config", "/var/run/docker/containerd/containerd.toml", "--log-level", "info"],
+     Flags(config="/var/run/docker/containerd/containerd.toml")),
+    ("containerd", ["-c", "/k3s/config.toml", "-a", "/run/k3s/containerd/containerd.sock",
+                    "--state", "/run/k3s/containerd", "--root", "/var/lib/rancher/k3s/agent/containerd"],
+     Flags(config="/k3s/config.toml", state="/run/k3s/containerd")),
+    ("containerd", ["-config=/c.toml", "-state=/s"], Flags(config="/c.toml", state="/s")),
+    # crio
+    ("crio", ["--root", "/g", "--runroot=/r", "-c", "/etc/c.conf", "-d", "/etc/c.d"],
+     Flags(config="/etc/c.conf", config_dir="/etc/c.d", root="/g", state="/r")),
+    ("crio", ["-r", "/g", "--log-level", "debug"], Flags(root="/g")),
+    # podman (pflag), flags after the subcommand too
+    ("podman", ["system", "service", "--root", "/g", "--runroot", "/r", "--time=0"], Flags(root="/g", state="/r")),
+    ("podman", ["--root=/g", "ps"], Flags(root="/g")),
+    # no other program's flags are read
+    ("containerd-shim", ["--root", "/x"], Flags()),
+])
+def test_flag_parser(comm: str, args: Sequence[str], flags: Flags) -> None:
+    assert dataroots.parse_flags(comm, [comm, *args]) == flags
+
+
+# --- daemon.json ---
+
+@pytest.mark.parametrize("text, root", [
+    ('{"data-root": "/data/docker", "log-driver": "json-file"}', "/data/docker"),
+    ('{"graph": "/old/docker"}', "/old/docker"),
+    ('{"graph": "/old", "data-root": "/new"}', "/new"),
+    ('{"debug": true}', ""),
+    ('{"data-root": ""}', ""),
+    ('{"data-root": 7}', ""),
+    ("", None),
+    ("{not json", None),
+    ('["data-root"]', None),
+])
+def test_daemon_json_parser(text: str, root: Optional[str]) -> None:
+    assert dataroots.parse_daemon_json(text) == root
+
+
+# --- TOML (the string values only) ---
+
+CONTAINERD_V2 = '''version = 2
+root = "/var/lib/containerd"   # a comment
+state = '/run/k3s/containerd'
+disabled_plugins = [
+  "io.containerd.internal.v1.opt",  # state = "not this"
+  "io.containerd.snapshotter.v1.btrfs",
+]
+imports = ["/etc/containerd/conf.d/*.toml"]
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+  max_recv_message_size = 16777216
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = true
+'''
+STORAGE_CONF = r'''# storage.conf
+[storage]
+driver = "overlay"
+runroot = "/run/containers/storage"
+graphroot = "/data/containers/graph\u00e9"
+
+[storage.options]
+additionalimagestores = [
+]
+mountopt = """nodev,
+metacopy=on"""
+
+[storage.options.overlay]
+mount_program = '/usr/bin/fuse-overlayfs'
+'''
+ODD_BUT_VALID = '''  [ crio ]   # spaces and a comment after the header
+root="/a"
+"runroot" = "/b\\"c"
+crio.api.listen = "/var/run/crio/crio.sock"
+note = """ root = "/not/this" """
+list = [ { x = "[" }, '#', "]" ]
+after = "still read"
+empty = ""
+['quoted key'.x]
+y = 'lit\\eral'
+'''
+
+
+@pytest.mark.parametrize("text, expected", [
+    (CONTAINERD_V2, {("root",): "/var/lib/containerd", ("state",): "/run/k3s/containerd",
+                     ("grpc", "address"): "/run/containerd/containerd.sock",
+                     ("plugins", "io.containerd.grpc.v1.cri", "containerd", "snapshotter"): "overlayfs"}),
+    (STORAGE_CONF, {("storage", "driver"): "overlay", ("storage", "runroot"): "/run/containers/storage",
+                    ("storage", "graphroot"): "/data/containers/graph\u00e9",
+                    ("storage", "options", "overlay", "mount_program"): "/usr/bin/fuse-overlayfs"}),
+    (ODD_BUT_VALID, {("crio", "root"): "/a", ("crio", "runroot"): '/b"c',
+                     ("crio", "crio", "api", "listen"): "/var/run/crio/crio.sock",
+                     ("crio", "after"): "still read", ("crio", "empty"): "",
+                     ("quoted key", "x", "y"): "lit\\eral"}),
+    ("", {}),
+    ("[[runtimes]]\nname = 'a'\n[[runtimes]]\nname = 'b'\n", {("runtimes", "name"): "b"}),
+    ('state = "/ok"\nthis line is not TOML\nroot = "/ok too"\n', {("state",): "/ok", ("root",): "/ok too"}),
+    ('state = "unterminated\nroot = "/r"\n', {("root",): "/r"}),
+    ('x = """never ends\nstate = "/s"\n', {}),
+])
+def test_toml_parser(text: str, expected: Dict[Tuple[str, ...], str]) -> None:
+    assert dataroots.parse_toml_strings(text) == expected
+
+
+def _strings(table: Dict[str, Any], prefix: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], str]]:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _strings(value, prefix + (key,))
+        elif isinstance(value, str):
+            yield prefix + (key,), value
+
+
+@pytest.mark.parametrize("text, multi_line", [
+    (CONTAINERD_V2, set()),
+    (STORAGE_CONF, {("storage", "options", "mountopt")}),
+    (ODD_BUT_VALID, {("crio", "note")}),
+])
+def test_toml_parser_agrees_with_tomllib(text: str, multi_line: "set[Tuple[str, ...]]") -> None:
+    """Every string it reads is tomllib's; it skips only the multi-line strings."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
+    theirs = dict(_strings(tomllib.loads(text)))
+    ours = dataroots.parse_toml_strings(text)
+    assert ours.items() <= theirs.items()
+    assert set(theirs) - set(ours) == multi_line
+
+
+# --- host paths ---
+
+@pytest.mark.parametrize("path, local", [
+    ("/var/lib/docker", "/host/var/lib/docker"),
+    ("/var/run/docker/containerd/daemon", "/host/run/docker/containerd/daemon"),
+    ("/run/containerd", "/host/run/containerd"),
+    ("/run", "/host/run"),
+    ("/data/docker", "/host/data/docker"),
+    ("/etc/docker/daemon.json", "/host/etc/docker/daemon.json"),
+    ("/variable", "/host/variable"),  # not under /var
+    ("/runner/x", "/host/runner/x"),
+    ("/var/../etc/crio/crio.conf", "/host/etc/crio/crio.conf"),  # no climbing out of a root
+    ("//data//docker/", "/host/data/docker"),
+    ("/", "/host"),
+])
+def test_host_paths_map_under_the_roots(path: str, local: str) -> None:
+    assert HostView("/host", "/host/run", "/host/var").local(path) == local
+
+
+def test_default_view_changes_nothing() -> None:
+    assert HostView().local("/var/lib/docker") == "/var/lib/docker"
+    assert HostView().local("/var/run/docker") == "/run/docker"
+    assert HostView().local("/data/docker") == "/data/docker"
+    assert HostView(run_root="/r", var_root="/v").localize(dataroots.DEFAULTS) == Dirs(
+        ("/v/lib/docker",), ("/r/containerd",), ("/v/lib/containers/storage",), ("/r/containers/storage",))
+
+
+def test_given_dirs_parser() -> None:
+    given = dataroots.parse_given(["docker=/data/docker", "docker=/data/docker2/", "containerd=/run/k3s/containerd",
+                                   "graphroot=/g", "runroot=/r"])
+    assert given == Dirs(("/data/docker", "/data/docker2"), ("/run/k3s/containerd",), ("/g",), ("/r",))
+    assert dataroots.parse_given([]) == Dirs()
+    for bad in ("docker", "lxc=/x", "docker=data/docker", "docker="):
+        with pytest.raises(ValueError):
+            dataroots.parse_given([bad])
+
+
+def test_a_wrong_runtime_dir_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli.main, ["collect", "--dry-run", "--runtime", "proc", "--runtime-dir", "lxc=/x"])
+    assert result.exit_code == cli.EXIT_USAGE
+    assert "KIND one of docker, containerd, graphroot, runroot" in result.output
+    result = CliRunner().invoke(cli.main, ["doctor", "--runtime-dir", "docker=relative"])
+    assert result.exit_code == cli.EXIT_USAGE and "must be absolute" in result.output
+    result = CliRunner().invoke(cli.main, ["collect", "--dry-run", "--runtime", "proc"],
+                                env={"CONTAINER_NETSTAT_COLLECT_RUNTIME_DIR": "docker=/ok docker=relative"})
+    assert result.exit_code == cli.EXIT_USAGE and "'docker=relative'" in result.output
+
+
+# --- the reader, on a fake host ---
+
+class Node:
+    """A fake host under <tmp>/host: /proc, /etc, /run, /var and anything else."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.view = HostView(str(root), str(root / "run"), str(root / "var"))
+        (root / "proc").mkdir(parents=True)
+
+    def daemon(self, pid: int, *argv: str, uid: int = 0, cgroup: str = "0::/system.slice/x.service\n") -> int:
+        d = self.root / "proc" / str(pid)
+        d.mkdir()
+        (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+        (d / "comm").write_text(os.path.basename(argv[0])[:15] + "\n")
+        (d / "cgroup").write_text(cgroup)
+        (d / "stat").write_text(f"{pid} (x) S 1 {pid} {pid} 0 -1\n")
+        os.chown(d, uid, uid)
+        return pid
+
+    def file(self, path: str, text: str = "") -> Path:
+        full = self.root / path.lstrip("/")
+        full.parent.mkdir(parents=True, exist_ok=True)
+        full.write_text(text)
+        return full
+
+    def find(self, daemons: Dict[int, str], given: Dirs = Dirs()) -> Dirs:
+        return dataroots.find(str(self.root / "proc"), daemons, self.view, given)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    return Node(tmp_path / "host")
+
+
+def test_nothing_running_and_no_files_gives_the_defaults(node: Node) -> None:
+    assert node.find({}) == dataroots.DEFAULTS
+
+
+def test_dockerd_data_root_from_its_command_line(node: Node) -> None:
+    node.file("/etc/docker/daemon.json", '{"data-root": "/not/this"}')
+    pid = node.daemon(812, "/usr/bin/dockerd", "-H", "fd://", "--data-root", "/data/docker")
+    assert node.find({pid: "dockerd"}).docker == ("/data/docker",)
+
+
+def test_dockerd_data_root_from_its_config_file(node: Node) -> None:
+    node.file("/etc/docker/daemon.json", '{"data-root": "/not/this"}')
+    node.file("/opt/docker/daemon.json", '{"data-root": "/srv/docker"}')
+    pid = node.daemon(812, "dockerd", "--config-file", "/opt/docker/daemon.json")
+    assert node.find({pid: "dockerd"}).docker == ("/srv/docker",)
+    assert node.find({}).docker == ("/not/this",)  # no dockerd: as if one ran without flags
+
+
+def test_dockerd_default_when_neither_says(node: Node) -> None:
+    pid = node.daemon(812, "dockerd")
+    assert node.find({pid: "dockerd"}).docker == ("/var/lib/docker",)
+
+
+def test_two_dockerds_two_roots_once_each(node: Node) -> None:
+    a = node.daemon(812, "dockerd")
+    b = node.daemon(900, "dockerd", "--data-root=/tmp/private/data", "--host", "unix:///tmp/private/d.sock")
+    c = node.daemon(901, "dockerd", "-g", "/var/lib/docker/")
+    assert node.find({a: "dockerd", b: "dockerd", c: "dockerd"}).docker == ("/var/lib/docker", "/tmp/private/data")
+
+
+def test_a_daemon_not_run_by_root_is_not_believed(node: Node) -> None:
+    pid = node.daemon(4242, "dockerd", "--data-root", "/home/mallory/fake", uid=1000)
+    assert node.find({pid: "dockerd"}).docker == ("/var/lib/docker",)
+
+
+def test_a_relative_data_root_is_not_taken(node: Node) -> None:
+    pid = node.daemon(812, "dockerd", "--data-root", "data")
+    assert node.find({pid: "dockerd"}).docker == ()
+
+
+def test_a_broken_daemon_json_warns_and_gives_the_default(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    node.file("/etc/docker/daemon.json", '{"data-root": ')
+    (node.root / "var/lib/docker/containers").mkdir(parents=True)
+    pid = node.daemon(812, "dockerd")
+    with caplog.at_level(logging.WARNING, logger="container_netstat"):
+        assert node.find({pid: "dockerd"}).docker == ("/var/lib/docker",)
+    (warning,) = caplog.records
+    assert "/etc/docker/daemon.json: not a JSON object" in warning.getMessage()
+
+
+def test_an_unreadable_running_docker_root_is_one_warning(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    pid = node.daemon(812, "dockerd", "--data-root", "/data/docker")
+    with caplog.at_level(logging.WARNING, logger="container_netstat"):
+        node.find({pid: "dockerd"})
+        node.find({})  # no dockerd: its default directory may well be missing, and that is fine
+    (warning,) = caplog.records
+    message = warning.getMessage()
+    assert "dockerd 812: --data-root" in message and f"{node.root}/data/docker/containers" in message
+    assert "named by short id" in message
+    caplog.clear()
+    (node.root / "data/docker/containers").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="container_netstat"):
+        node.find({pid: "dockerd"})
+    assert not caplog.records
+
+
+def test_containerd_state_from_flag_config_or_default(node: Node) -> None:
+    node.file("/etc/containerd/config.toml", 'version = 2\nstate = "/run/containerd-etc"\n')
+    # /var/run is read as /run: it is a link to it on the host
+    node.file("/run/docker/containerd/containerd.toml",
+              'root = "/var/lib/docker/containerd/daemon"\nstate = "/var/run/docker/containerd/daemon"\n')
+    k3s = node.daemon(700, "containerd", "-c", "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
+                      "--state", "/run/k3s/containerd", "--root", "/var/lib/rancher/k3s/agent/containerd")
+    moby = node.daemon(701, "containerd", "--config", "/var/run/docker/containerd/containerd.toml")
+    system = node.daemon(702, "containerd")
+    got = node.find({k3s: "containerd", moby: "containerd", system: "containerd"})
+    assert got.containerd == ("/run/k3s/containerd", "/var/run/docker/containerd/daemon", "/run/containerd-etc")
+    node.file("/etc/containerd/config.toml", 'version = 2\n[plugins]\n  state = "/not/top-level"\n')
+    assert node.find({system: "containerd"}).containerd == ("/run/containerd",)
+
+
+def test_crio_roots_flags_then_crio_conf_and_drop_ins_then_storage_conf(node: Node) -> None:
+    node.file("/etc/containers/storage.conf", '[storage]\ngraphroot = "/sc/graph"\nrunroot = "/sc/run"\n')
+    pid = node.daemon(600, "crio")
+    assert node.find({pid: "crio"}).graphroot == ("/sc/graph",)  # (and the same for podman)
+    node.file("/etc/crio/crio.conf", '[crio]\nroot = "/cc/graph"\nrunroot = "/cc/run"\n')
+    node.file("/etc/crio/crio.conf.d/10-root.conf", '[crio]\nroot = "/d10/graph"\n')
+    node.file("/etc/crio/crio.conf.d/05-root.conf", '[crio]\nroot = "/d05/graph"\nrunroot = "/d05/run"\n')
+    got = node.find({pid: "crio"})
+    assert got.graphroot == ("/d10/graph", "/sc/graph") and got.runroot == ("/d05/run", "/sc/run")
+    flagged = node.daemon(601, "crio", "--root", "/f/graph", "-c", "/nonexistent", "-d", "/nonexistent.d")
+    got = node.find({flagged: "crio"})
+    assert got.graphroot == ("/f/graph", "/sc/graph") and got.runroot == ("/sc/run",)
+
+
+def test_storage_conf_in_usr_share_only_when_etc_has_none(node: Node) -> None:
+    node.file("/usr/share/containers/storage.conf", '[storage]\ngraphroot = "/vendor/graph"\n')
+    assert node.find({}).graphroot == ("/vendor/graph",)
+    node.file("/etc/containers/storage.conf", '[storage]\ndriver = "overlay"\n')  # replaces it, with no graphroot
+    assert node.find({}).graphroot == ("/var/lib/containers/storage",)
+
+
+def test_podman_service_roots_and_storage_conf_both(node: Node) -> None:
+    pid = node.daemon(500, "podman", "--root", "/tmp/p/graph", "--runroot", "/tmp/p/run", "system", "service")
+    got = node.find({pid: "podman"})
+    assert got.graphroot == ("/tmp/p/graph", "/var/lib/containers/storage")
+    assert got.runroot == ("/tmp/p/run", "/run/containers/storage")
+
+
+def test_given_dirs_replace_what_is_found_kind_by_kind(node: Node) -> None:
+    pid = node.daemon(812, "dockerd", "--data-root", "/data/docker")
+    got = node.find({pid: "dockerd"}, Dirs(docker=("/given",), runroot=("/given/run",)))
+    assert got.docker == ("/given",) and got.runroot == ("/given/run",)
+    assert got.containerd == ("/run/containerd",) and got.graphroot == ("/var/lib/containers/storage",)
+
+
+def test_daemons_are_found_in_the_same_scan_outside_containers(node: Node) -> None:
+    node.daemon(10, "dockerd")
+    node.daemon(11, "containerd")
+    node.daemon(12, "/usr/bin/containerd-shim-runc-v2", "-namespace", "moby")  # comm containerd-shim
+    node.daemon(13, "crio")
+    node.daemon(14, "podman")
+    node.daemon(15, "sshd")
+    node.daemon(20, "dockerd", cgroup=f"0::/docker/{DOCKER_ID}\n")  # Docker in Docker: not the host's
+    scanned = runtimes.scan_node(ProcFS(str(node.root / "proc")), dataroots.DAEMONS)
+    assert scanned.daemons == {10: "dockerd", 11: "containerd", 13: "crio", 14: "podman"}
+    assert list(scanned.containers) == [DOCKER_ID]
+    assert runtimes.scan_node(ProcFS(str(node.root / "proc"))).daemons == {}
+
+
+# --- naming from the directories found ---
+
+def test_node_files_read_every_given_directory(tmp_path: Path) -> None:
+    docker = tmp_path / "second-docker"
+    (docker / "containers" / DOCKER_ID).mkdir(parents=True)
+    (docker / "containers" / DOCKER_ID / "config.v2.json").write_text(json.dumps({"Name": "/private"}))
+    runroot = tmp_path / "crio-run"
+    bundle = runroot / "vfs-containers" / CRIO_ID / "userdata"  # another storage driver
+    bundle.mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps({"annotations": {
+        "io.kubernetes.cri-o.Labels": json.dumps({"io.kubernetes.pod.name": "db-0", "io.kubernetes.pod.namespace": "data",
+                                                  "io.kubernetes.container.name": "pg"})}}))
+    dirs = Dirs(docker=(str(tmp_path / "nothing"), str(docker)), runroot=(str(runroot),))
+    files = NodeFiles(str(tmp_path / "run"), str(tmp_path / "var"), str(tmp_path / "proc"), dirs=dirs)
+    assert files.identify(DOCKER_ID, "docker").name == "private"
+    assert files.identify(CRIO_ID, "cri-o").name == "data/db-0/pg"
+
+
+def test_proc_backend_names_containers_of_a_docker_with_another_data_root(node: Node) -> None:
+    node.daemon(812, "dockerd", "--config-file", "/etc/docker/private.json")
+    node.file("/etc/docker/private.json", '{"data-root": "/srv/docker"}')
+    node.file(f"/srv/docker/containers/{DOCKER_ID}/config.v2.json",
+              json.dumps({"Name": "/web", "Config": {"Labels": {"tier": "front"}}}))
+    node.file(f"/srv/docker/containers/{DOCKER_ID}/hostconfig.json", json.dumps({"NetworkMode": "bridge"}))
+    node.daemon(300, "sh", cgroup=f"0::/docker/{DOCKER_ID}\n")
+    paths = runtimes.Paths(str(node.root / "proc"), str(node.root / "run"), str(node.root / "var"), str(node.root))
+    (web,) = runtimes.ProcBackend(paths).containers()
+    assert (web.name, web.labels, web.network_mode, web.pid) == ("web", {"tier": "front"}, "bridge", 300)
+    given = runtimes.Paths(paths.proc_root, paths.run_root, paths.var_root, paths.host_root,
+                           Dirs(docker=("/var/lib/docker",)))
+    (unnamed,) = runtimes.ProcBackend(given).containers()
+    assert unnamed.name == DOCKER_ID[:12]
