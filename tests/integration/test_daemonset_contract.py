@@ -412,6 +412,6 @@ def test_sock_diag_needs_both_capabilities(missing: str, deployed: List[str], ru
     if missing == "SYS_ADMIN":  # setns refused: every namespace from /proc
         assert doctor["path"] == "proc" and "needs CAP_SYS_ADMIN" in doctor["why"], doctor
     else:  # setns allowed, but no ptrace access to the ns files of more privileged processes:
-        # the probe sees it on the host's init, so states are not switched on only to be
+        # the first container's ns file shows it, so states are not switched on only to be
         # read from /proc namespace by namespace
-        assert doctor["path"] == "proc" and "needs CAP_SYS_PTRACE" in doctor["why"], doctor
+        assert doctor["path"] == "proc" and "needs ptrace access (CAP_SYS_PTRACE)" in doctor["why"], doctor
