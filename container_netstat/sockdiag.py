@@ -1,4 +1,4 @@
-"""Pure codec for NETLINK_SOCK_DIAG TCP dumps: requests out, ``TcpSocket`` records in.
+"""Pure codec for NETLINK_SOCK_DIAG TCP (and UDP) dumps: requests out, ``TcpSocket`` records in.
 
 No socket, no file and no logging here: the reader in ``netns`` sends the bytes and
 hands the replies in. Layouts are the kernel's UAPI (include/uapi/linux/netlink.h,
@@ -43,6 +43,7 @@ NLM_F_DUMP_INTR = 0x10  # the dump was interrupted and may be inconsistent
 AF_INET = 2
 AF_INET6 = 10
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17  # answered by udp_diag (net/ipv4/udp_diag.c); ENOENT where it is not built
 # The states /proc/net/tcp prints (connections.STATE_NAMES, bits 1-11); TCP_NEW_SYN_RECV (12)
 # and TCP_BOUND_INACTIVE (13, commit 91051f003948) are kernel-internal and outside the mask.
 STATE_MASK = sum(1 << state for state in STATE_NAMES)
@@ -71,9 +72,14 @@ def legacy_request(seq: int = 1, states: int = STATE_MASK) -> bytes:
     return _request(TCPDIAG_GETSOCK, body, seq)
 
 
-def v2_request(family: int, seq: int = 1, states: int = STATE_MASK) -> bytes:
-    """SOCK_DIAG_BY_FAMILY with ``struct inet_diag_req_v2`` for one family."""
-    body = struct.pack("=BBBBI48s", family, IPPROTO_TCP, 0, 0, states, bytes(_SOCKID_LEN))
+def v2_request(family: int, seq: int = 1, states: int = STATE_MASK, protocol: int = IPPROTO_TCP) -> bytes:
+    """SOCK_DIAG_BY_FAMILY with ``struct inet_diag_req_v2`` for one family and protocol.
+
+    For UDP the states filter applies too (net/ipv4/udp_diag.c ``udp_dump``): an unconnected
+    socket is in TCP_CLOSE (7), a connected one in TCP_ESTABLISHED (1), both in the mask.
+    The replies have the TCP layout; their queues are the socket's memory, not a backlog.
+    """
+    body = struct.pack("=BBBBI48s", family, protocol, 0, 0, states, bytes(_SOCKID_LEN))
     return _request(SOCK_DIAG_BY_FAMILY, body, seq)
 
 

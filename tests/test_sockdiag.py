@@ -249,3 +249,19 @@ def test_proc_fallback_reads_mapped_peers_like_ipv4() -> None:
     # Every remote of this namespace is 127.0.0.1: in tcp6 as ::ffff:127.0.0.1, kept as in tcp.
     addresses = {s.peer[0] for s in v4 + v6 if s.peer[1]}
     assert len(addresses) == 1 and len(addresses.pop()) == 4
+
+
+# -- UDP ----------------------------------------------------------------------------------
+
+def test_v2_udp_request_has_the_protocol() -> None:
+    udp = sockdiag.v2_request(sockdiag.AF_INET, protocol=sockdiag.IPPROTO_UDP)
+    assert len(udp) == 16 + 56
+    assert struct.unpack_from("=BBBBI", udp, 16) == (2, 17, 0, 0, 0xFFE)
+    assert sockdiag.v2_request(sockdiag.AF_INET)[17] == sockdiag.IPPROTO_TCP  # the default stays TCP
+
+
+def test_udp_replies_decode_like_tcp_ones() -> None:
+    # udp_diag answers with inet_diag_msg too: TCP_CLOSE (7) unconnected, TCP_ESTABLISHED (1) connected
+    a, b = sockdiag.decode_all([message(7, dport=0, inode=41) + message(1, dport=53, inode=42) + done()])
+    assert (a.state, a.inode, a.peer[1]) == (7, 41, 0)
+    assert (b.state, b.inode, b.peer[1]) == (1, 42, 53)
