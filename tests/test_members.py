@@ -123,3 +123,20 @@ def test_long_cgroup_procs_is_read_whole(tmp_path: Path) -> None:
 
 def test_walk_of_a_missing_cgroup(tmp_path: Path) -> None:
     assert walk(str(tmp_path / "nope")) is None
+
+
+CGROUP2 = Path(__file__).parent / "fixtures" / "cgroup2"  # recorded on a pure cgroup v2 host
+
+
+@pytest.mark.parametrize("pid, container_id", [
+    (30504, "0049c6d5bbd43f93519e0b054cf5ed30c7cc8fa25c02b7c7d16272c195246920"),
+    (30569, "85b580d66c9a44b00879b30483a71f8e421f1338ee50da2eef7b31cd44af9f45"),
+])
+def test_recorded_cgroup2_host(pid: int, container_id: str) -> None:
+    proc = ProcFS(str(CGROUP2 / "proc"))
+    found = MemberFinder(proc, str(CGROUP2 / "sys-fs-cgroup"))
+    pids = found.pids(container_id, pid)
+    assert pid in pids
+    rel = cgroups.container_dirs(proc.read_cgroup(pid), container_id)[0][1]
+    assert pids == sorted(read_procs(str(CGROUP2 / "sys-fs-cgroup" / rel / "cgroup.procs")) or [])
+    assert found.sources[container_id] == f"cgroup {CGROUP2 / 'sys-fs-cgroup' / rel}"
