@@ -64,7 +64,6 @@ def host_network(snapshot: Snapshot) -> Dict[str, Any]:
         return info
     info.update({
         "sockets_from": report.path or "-",
-        "host_sockets_with_inode_0": report.unattributable,
         "reported": [
             {"tags": ",".join(f"{k}={v}" for k, v in g.tags), "containers": list(g.members), "processes": g.pids,
              "pid_sources": sorted({report.sources.get(name, "-") for name in g.members})}
@@ -178,8 +177,7 @@ def _host_network_text(info: Mapping[str, Any]) -> List[str]:
     for entry in info["joined"]:
         lines.append(f"  joined      {entry['container']} joins {entry['joins']}")
     if info["group"] == "on":
-        lines.append(f"  sockets     from {info['sockets_from']}; {info['host_sockets_with_inode_0']} of the host's "
-                     "TCP sockets have inode 0")
+        lines.append(f"  sockets     the host's, from {info['sockets_from']}")
         for group in info["reported"]:
             lines.append(f"  reported    {group['tags']}: {', '.join(group['containers'])} "
                          f"({group['processes']} processes via {', '.join(group['pid_sources'])})")

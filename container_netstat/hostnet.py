@@ -40,17 +40,18 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from container_netstat import connections
+from container_netstat import connections, sockdiag
 from container_netstat.connections import TcpSocket, TcpSummary
 from container_netstat.discovery import Container
 from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
 from container_netstat.members import MemberFinder
-from container_netstat.netns import TCP, UDP, TcpReader
+from container_netstat.netns import TCP, UDP, Selection, TcpReader
 from container_netstat.procfs import ProcFS
 
 log = logging.getLogger(__name__)
 
 FD_CAP = 65536  # open fds per process
+TIME_WAIT = 6
 Tags = Tuple[Tuple[str, str], ...]
 OWN_NETNS = "/proc/thread-self/net/sockstat"  # this thread's namespace, as ProcFS.netns_key sees one
 
@@ -73,10 +74,8 @@ class FdCapExceeded(ContainerNetstatError):
 
 def parse_fd_link(target: str) -> Optional[int]:
     """The inode of a ``socket:[<inode>]`` fd link; None for any other file."""
-    if target.startswith("socket:[") and target.endswith("]"):
-        digits = target[len("socket:["):-1]
-        if digits.isdigit():
-            return int(digits)
+    if target[:8] == "socket:[" and target[-1:] == "]" and target[8:-1].isdigit():
+        return int(target[8:-1])
     return None
 
 
@@ -132,21 +131,13 @@ class HostSockets:
 
     tcp: Mapping[int, TcpSocket]  # inode -> socket; inode 0 left out
     udp: FrozenSet[int]
-    unattributable: int  # TCP sockets with inode 0: TIME_WAIT, request sockets, orphans
     path: str  # netns.SOCK_DIAG or netns.PROC
 
 
 def index(tcp: Iterable[TcpSocket], udp: Iterable[TcpSocket], path: str) -> HostSockets:
     """Index a namespace's sockets by inode; a socket listed twice (it moved between the
     kernel's tables during the walk) is kept once."""
-    by_inode: Dict[int, TcpSocket] = {}
-    zero = 0
-    for sock in tcp:
-        if sock.inode:
-            by_inode[sock.inode] = sock
-        else:
-            zero += 1
-    return HostSockets(by_inode, frozenset(s.inode for s in udp if s.inode), zero, path)
+    return HostSockets({s.inode: s for s in tcp if s.inode}, frozenset(s.inode for s in udp if s.inode), path)
 
 
 @dataclass(frozen=True)
@@ -164,16 +155,24 @@ def attribute(inodes: AbstractSet[int], host: HostSockets) -> Figures:
     return Figures(connections.summarize(tcp), len(tcp), sum(1 for i in inodes if i in host.udp))
 
 
-def read_host(reader: TcpReader, proc: ProcFS, pid: int, own_netns: str = OWN_NETNS) -> HostSockets:
-    """The sockets of ``pid``'s namespace (the host's): dumped where we are when this
-    thread is in it already, which needs no capability, else through ``reader``'s setns."""
+# TIME_WAIT is not asked for: its mini-sockets have inode 0 and are often most of a busy
+# host's TCP table. Request sockets come with SYN_RECV, which a real socket can be in too.
+HELD_STATES = sockdiag.STATE_MASK & ~(1 << TIME_WAIT)  # include/net/tcp_states.h TCP_TIME_WAIT
+
+
+def read_host(reader: TcpReader, proc: ProcFS, pid: int, inodes: Optional[AbstractSet[int]] = None,
+              own_netns: str = OWN_NETNS) -> HostSockets:
+    """The sockets of ``pid``'s namespace (the host's), only those in ``inodes`` if given:
+    dumped where we are when this thread is in it already, which needs no capability,
+    else through ``reader``'s setns; /proc/net/* where sock_diag cannot be used."""
     key = proc.netns_key(pid)
     try:
         here = os.stat(own_netns).st_ino == key
     except OSError:
         here = False
-    tcp, path = reader.sockets(pid, TCP, here=here)
-    udp, udp_path = reader.sockets(pid, UDP, here=here)
+    select = Selection(HELD_STATES, inodes)
+    tcp, path = reader.sockets(pid, TCP, here=here, select=select)
+    udp, udp_path = reader.sockets(pid, UDP, here=here, select=select)
     return index(tcp, udp, path if path == udp_path else f"{path} (TCP), {udp_path} (UDP)")
 
 
@@ -203,7 +202,6 @@ class Report:
 
     groups: Tuple[GroupStats, ...] = ()
     path: str = ""  # how the host's sockets were read; "" when nothing was dumped
-    unattributable: int = 0
     not_permitted: Tuple[Tuple[str, str], ...] = ()  # (owner name, reason): skipped
     over_cap: Tuple[Tuple[str, str], ...] = ()  # (owner name, reason): left out, warned
     gone: Tuple[str, ...] = ()
@@ -293,7 +291,7 @@ def collect(
     if not held:
         return report
     try:
-        host = read_host(reader, proc, host_pid, own_netns)
+        host = read_host(reader, proc, host_pid, frozenset().union(*(i for _, i, _ in held)), own_netns)
     except ContainerNetstatError as err:
         log.error("host-network sockets: cannot read the host's sockets: %s", err)
         return replace(report, failed=report.failed + tuple((g.owner.name, str(err)) for g, _, _ in held))
@@ -307,5 +305,4 @@ def collect(
         )
         for group, inodes, read in held
     ]
-    return replace(report, groups=tuple(sorted(stats, key=lambda s: s.tags)), path=host.path,
-                   unattributable=host.unattributable)
+    return replace(report, groups=tuple(sorted(stats, key=lambda s: s.tags)), path=host.path)

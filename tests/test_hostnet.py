@@ -95,7 +95,6 @@ HOST = hostnet.index(
 
 def test_index_keeps_inode_zero_out() -> None:
     assert sorted(HOST.tcp) == [1, 2, 3, 4, 5]
-    assert HOST.unattributable == 4
     assert HOST.udp == {20, 21}
 
 
@@ -282,7 +281,7 @@ def test_each_holder_reports_its_own_sockets(holders: Any, reader: TcpReader) ->
     [quiet] = holders(k=0, udp=0)
     a, b = container("a"), container("b")
     report = run([group("a", (a, leaky)), group("b", (b, quiet))], reader)
-    assert report.path == netns.SOCK_DIAG and report.unattributable >= 3  # the orphaned client sides
+    assert report.path == netns.SOCK_DIAG
     got = {s.owner.name: s.figures for s in report.groups}
     assert got["a"].tcp.states["close_wait"] == 3 and got["a"].tcp.states["listen"] == 1
     assert (got["a"].tcp_inuse, got["a"].udp_inuse, got["a"].tcp.listeners) == (4, 2, 1)
@@ -384,10 +383,36 @@ def test_reader_lists_the_same_sockets_by_every_path() -> None:
                 assert path == netns.SOCK_DIAG
                 entered, entered_path = reader.sockets(os.getpid(), protocol)
                 assert entered_path == (netns.SOCK_DIAG if probed else netns.PROC)
-                from_proc = reader._by_proc(os.getpid(), protocol)
+                from_proc = reader._by_proc(os.getpid(), protocol, netns.EVERY)
                 for found in (here, entered, from_proc):
                     assert {(s.state, s.inode) for s in found if s.inode in mine} == expected, protocol
             listener = [s for s in reader.sockets(os.getpid(), here=True)[0] if s.inode == inode(srv)]
             assert (listener[0].rqueue, listener[0].wqueue) == (0, 5)  # sock_diag gives the backlog
+    finally:
+        reader.close()
+
+
+def test_host_dump_keeps_only_the_held_sockets_and_no_time_wait() -> None:
+    """The host dump asks for no TIME_WAIT and keeps only the given inodes, by either path."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    c = socket.create_connection(srv.getsockname())
+    a, _ = srv.accept()
+    a.close()  # the server side closes first: TIME_WAIT on its side once the client closes too
+    c.close()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    reader = TcpReader(PROC)
+    try:
+        with srv, udp:
+            wanted = {inode(srv), inode(udp)}
+            for own in (hostnet.OWN_NETNS, "/nonexistent"):  # sock_diag here, then /proc/net/*
+                host = hostnet.read_host(reader, PROC, os.getpid(), wanted, own_netns=own)
+                assert set(host.tcp) == {inode(srv)} and host.udp == {inode(udp)}, own
+                assert host.path == (netns.SOCK_DIAG if own == hostnet.OWN_NETNS else netns.PROC)
+            everything = hostnet.read_host(reader, PROC, os.getpid())
+            assert inode(srv) in everything.tcp
+            assert not [s for s in everything.tcp.values() if s.state == 6]
     finally:
         reader.close()

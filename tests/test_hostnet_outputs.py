@@ -37,7 +37,7 @@ def snapshot(report: Optional[Report]) -> Snapshot:
 
 
 REPORT = Report(groups=(stats(INGRESS, {1, 2, 3, 20}, "ingress-pod"), stats(AGENT, {3}, "node-agent")),
-                path=SOCK_DIAG, unattributable=1,
+                path=SOCK_DIAG,
                 not_permitted=(("other", "/proc/9/fd: Permission denied: needs ptrace access (CAP_SYS_PTRACE)"),),
                 over_cap=(("big", "process 7 has more than 10 open fds (the cap) (java, in container big)"),))
 

@@ -265,3 +265,17 @@ def test_udp_replies_decode_like_tcp_ones() -> None:
     a, b = sockdiag.decode_all([message(7, dport=0, inode=41) + message(1, dport=53, inode=42) + done()])
     assert (a.state, a.inode, a.peer[1]) == (7, 41, 0)
     assert (b.state, b.inode, b.peer[1]) == (1, 42, 53)
+
+
+def test_decode_keeps_only_the_given_inodes() -> None:
+    replies = [message(1, inode=5) + message(8, inode=6), message(10, inode=7) + message(12, inode=6) + done()]
+    assert [s.inode for s in sockdiag.decode_all(replies, inodes={6, 7})] == [6, 7]
+    assert sockdiag.decode_all(replies, inodes=set()) == []
+    with pytest.raises(ParseError, match="before NLMSG_DONE"):  # a dump cut short is still an error
+        sockdiag.decode_all([message(1, inode=5)], inodes={6})
+
+
+def test_requests_carry_the_states_asked() -> None:
+    mask = sockdiag.STATE_MASK & ~(1 << 6)
+    assert struct.unpack_from("=I", sockdiag.legacy_request(states=mask), 16 + 4 + 48)[0] == mask
+    assert struct.unpack_from("=I", sockdiag.v2_request(2, states=mask, protocol=17), 20)[0] == mask
