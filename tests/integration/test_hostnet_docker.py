@@ -16,6 +16,7 @@ sockets by another tool. Ports are 47xxx, away from the rest of this host's traf
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -313,3 +314,41 @@ def test_proc_runtime_reports_what_the_docker_runtime_reports(run_container: Any
     tags = f"container={leaky.name}"
     assert via_proc[tags] == via_docker[tags] == expected(pids_of(leaky))
     assert via_proc[tags]["hostnet.tcp.state.close_wait"] == 2
+
+
+# The collector itself, run inside a host-network container (as the DaemonSet runs it), with
+# a listener of its own: its container is reported like any other.
+COLLECTOR = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port})); s.listen(4)
+from container_netstat.cli import main
+main(["collect", "--dry-run", "--metrics", "basic,hostnet", "--include", "{include}"])
+"""
+
+
+def test_the_collector_in_a_host_network_container_reports_itself(run_container: Any) -> None:
+    import container_netstat
+    import docker as docker_sdk
+
+    held = python_container(run_container, "hn-beside", SERVER.format(port=47112, n=1), network_mode="host")
+    label = held.labels[TEST_LABEL]
+    package = os.path.dirname(os.path.dirname(container_netstat.__file__))
+    site = os.path.dirname(os.path.dirname(docker_sdk.__file__))  # docker, click, requests... beside it
+    collector = run_container(
+        CHROOT, name="hn-collector", network_mode="host",
+        volumes={**USR, "/proc": {"bind": "/host/proc", "mode": "ro"},
+                 "/sys/fs/cgroup": {"bind": "/host/sys/fs/cgroup", "mode": "ro"},
+                 "/var/run/docker.sock": {"bind": "/host/var/run/docker.sock", "mode": "rw"},
+                 package: {"bind": "/host/src", "mode": "ro"}, site: {"bind": "/host/site", "mode": "ro"}},
+        environment={"CODE": COLLECTOR.format(port=47111, include=f"{TEST_LABEL}={label}"),
+                     "PYTHONPATH": "/src:/site", "PYTHONDONTWRITEBYTECODE": "1",
+                     # the copied charset_normalizer may be built for another 3.11 patch release
+                     "PYTHONWARNINGS": "ignore:Unable to find acceptable character"})
+    status = collector.wait(timeout=120)
+    out = collector.logs(stdout=True, stderr=False).decode()
+    assert status["StatusCode"] == 0, collector.logs(stdout=False, stderr=True).decode()
+    got = by_tags(json.loads(out))
+    own = got[f"container={collector.name}"]
+    assert (own["hostnet.tcp.state.listen"], own["hostnet.tcp.inuse"], own["hostnet.tcp.state.established"]) == (1, 1, 0)
+    assert got[f"container={held.name}"] == expected(pids_of(held))
