@@ -6,19 +6,21 @@ What is the container's own is the sockets its processes hold:
 
 1. its processes: every pid in its cgroup and below (``members``);
 2. their sockets: ``readlink /proc/<pid>/fd/*`` gives ``socket:[<inode>]`` for a socket
-   (net/socket.c ``sockfs_dname``); reading another process's fd directory needs ptrace
-   read access to it (fs/proc/fd.c ``proc_fd_access_allowed``, ``proc_fd_permission``):
-   CAP_SYS_PTRACE for a process with capabilities or another uid than ours;
+   (net/socket.c ``sockfs_dname``); reading another process's fds needs ptrace read
+   access to it (fs/proc/fd.c ``proc_fd_permission``, fs/proc/base.c
+   ``proc_fd_access_allowed``; kernel/ptrace.c ``__ptrace_may_access``): CAP_SYS_PTRACE
+   for a process of another uid or with capabilities we lack;
 3. the host namespace's TCP and UDP sockets with their inodes: one sock_diag dump
    (``netns.TcpReader.sockets``), or the inode column of /proc/net/tcp{,6} and udp{,6};
 4. a container's figures are the summary (``connections.summarize``) of the host's TCP
    sockets whose inode its processes hold, and the count of its UDP ones.
 
 What cannot be attributed: TIME_WAIT mini-sockets, request sockets (SYN_RECV) and
-orphans have inode 0, since no process holds them any more (include/net/inet_timewait_sock.h,
-include/net/request_sock.h; a socket loses its inode when its file is closed, net/socket.c
-``sock_orphan``). A connection waiting in a listener's accept queue has no inode until
-``accept()`` (``sock_graft``): it shows in the listener's queue, not as a socket of its own.
+orphans have inode 0, since no process holds them (net/ipv4/inet_diag.c
+``inet_twsk_diag_fill`` and ``inet_req_diag_fill`` report inode 0; a closed socket has
+no file left, include/net/sock.h ``sock_orphan``, ``sock_i_ino``). A connection waiting
+in a listener's accept queue has no file either until ``accept()`` (``sock_graft``): it
+shows in the listener's queue, not as a socket of its own.
 So these figures have no TIME_WAIT, SYN_RECV or orphan count, and port pressure here
 leaves TIME_WAIT out.
 
