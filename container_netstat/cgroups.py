@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 DOCKER = "docker"
 CONTAINERD = "containerd"
@@ -69,9 +69,8 @@ def _pod_uid(components: Iterable[str]) -> str:
     return ""
 
 
-def parse_path(path: str) -> Optional[CgroupOwner]:
-    """The container named by one cgroup path, or None (host process, conmon, kernel thread)."""
-    components = [c for c in path.split("/") if c and c != ".."]
+def _owner_at(components: Sequence[str]) -> Optional[Tuple[int, CgroupOwner]]:
+    """The deepest component that names a container, and its owner; None as in parse_path."""
     for depth in range(len(components) - 1, -1, -1):
         for runtime, pattern in _COMPONENTS:
             match = pattern.fullmatch(components[depth])
@@ -81,8 +80,36 @@ def parse_path(path: str) -> Optional[CgroupOwner]:
                 return None
             if runtime == UNKNOWN and depth > 0 and components[depth - 1] == "docker":
                 runtime = DOCKER
-            return CgroupOwner(runtime, match.group("id"), _pod_uid(components[:depth]))
+            return depth, CgroupOwner(runtime, match.group("id"), _pod_uid(components[:depth]))
     return None
+
+
+def parse_path(path: str) -> Optional[CgroupOwner]:
+    """The container named by one cgroup path, or None (host process, conmon, kernel thread)."""
+    found = _owner_at([c for c in path.split("/") if c and c != ".."])
+    return found[1] if found else None
+
+
+def container_dirs(text: str, container_id: str) -> List[Tuple[str, str]]:
+    """(controllers, the container's own cgroup path) for each line of a ``/proc/<pid>/cgroup``
+    text that names ``container_id``, in the file's order.
+
+    The path ends at the component that names the container, so a process in a sub-cgroup
+    (crun's ``.../container``, systemd's ``init.scope``) gives its container's cgroup, under
+    which every process of the container is. controllers is ``""`` for the cgroup v2 line
+    (``0::``), else the v1 hierarchy's list as printed (``pids``, ``cpu,cpuacct``,
+    ``name=systemd``). ``..`` components are dropped, as in ``parse_path``.
+    """
+    found: List[Tuple[str, str]] = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        components = [c for c in parts[2].split("/") if c and c != ".."]
+        owner = _owner_at(components)
+        if owner is not None and owner[1].id == container_id:
+            found.append((parts[1], "/".join(components[: owner[0] + 1])))
+    return found
 
 
 def parse(text: str) -> Optional[CgroupOwner]:

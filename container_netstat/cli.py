@@ -107,7 +107,7 @@ def _parse_scopes(values: Tuple[str, ...]) -> Dict[str, str]:
     return scopes
 
 
-GROUP_NAMES = ("basic", "counters", "states")
+GROUP_NAMES = ("basic", "counters", "states", "hostnet")
 DEFAULT_METRICS = "basic,counters,states"
 
 
@@ -225,7 +225,7 @@ def _tcp_reader(proc: Any, groups: "set[str]", states_asked: bool) -> Any:
 
 def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]",
                    include: Tuple[str, ...] = (), exclude: Tuple[str, ...] = (),
-                   states_asked: bool = True) -> "Tuple[Any, Any, Dict[str, str]]":
+                   states_asked: bool = True, fd_cap: int = 65536) -> "Tuple[Any, Any, Dict[str, str]]":
     """Discover, resolve and read: (backend, snapshot, field scopes), or exit 3/4 with one line.
 
     ``snapshot.groups`` lacks ``states`` when they were not asked for and only /proc could
@@ -245,7 +245,7 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
     try:
         containers = filters.select(backend.containers(), include, exclude)
         resolver = PidResolver(proc, source.cgroup_root, source.run_root, inspect=backend.inspector())
-        snapshot = collecting.collect(containers, resolver, proc, groups, tcp)
+        snapshot = collecting.collect(containers, resolver, proc, groups, tcp, backend.members, fd_cap)
         scopes = metrics.field_scopes(snapshot.host.kernel_release, overrides)
     except DockerUnavailable as err:
         raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {_redact(backend.where)}: {err}")
@@ -274,8 +274,13 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
 @click.option("--metrics", "metric_groups", default=None, show_default=DEFAULT_METRICS, metavar="GROUPS",
               help="Comma-separated metric groups: basic (sockstat/snmp gauges), counters (snmp/netstat "
               "COUNTERs), states (per-state TCP counts, orphans, listener queues, port pressure: one "
-              "sock_diag dump inside each namespace). By default states are left out where sock_diag "
-              "cannot be used (no CAP_SYS_ADMIN): /proc/<pid>/net/tcp{,6} would cost about 4x.")
+              "sock_diag dump inside each namespace), hostnet (host-network containers and pods: the "
+              "TCP and UDP sockets their own processes hold, from /proc/<pid>/fd; not in the default). "
+              "By default states are left out where sock_diag cannot be used (no CAP_SYS_ADMIN): "
+              "/proc/<pid>/net/tcp{,6} would cost about 4x.")
+@click.option("--hostnet-fd-cap", type=click.IntRange(min=1), default=65536, show_default=True, metavar="N",
+              help="hostnet group: a host-network container or pod with a process holding more open fds "
+              "than this is left out of the run, with a warning naming the process.")
 @click.option("--tcp-states", is_flag=True,
               help="Add the states group even where only /proc/<pid>/net/tcp{,6} can give it.")
 @click.option("--include", multiple=True, metavar="PATTERN",
@@ -323,6 +328,7 @@ def collect(
     endpoint: Optional[str],
     step: int,
     metric_groups: str,
+    hostnet_fd_cap: int,
     tcp_states: bool,
     include: Tuple[str, ...],
     exclude: Tuple[str, ...],
@@ -367,7 +373,8 @@ def collect(
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
                      runtime_dir)
     try:
-        _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude, states_asked)
+        _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude, states_asked,
+                                                    hostnet_fd_cap)
     except click.exceptions.Exit as stop:
         if spool is None or stop.exit_code != EXIT_DOCKER:
             raise
@@ -527,7 +534,7 @@ def doctor(
     _setup_logging(log_level)
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
                      runtime_dir)
-    backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic", "states"},
+    backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic", "states", "hostnet"},
                                                states_asked=False)
     unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None
     where = _redact(backend.where)

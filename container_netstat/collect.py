@@ -2,19 +2,23 @@
 
 Containers that share a namespace (a Kubernetes pod's containers join its pause
 container; ``--network container:X``) are read once and reported under one owner.
-Host-network containers are not reported: they would repeat the host's numbers.
+Host-network containers have no namespace of their own: its figures would be the
+host's, so they are never reported as a namespace. With the ``hostnet`` group each of
+them (a pod once, with the containers that join it) reports the sockets its own
+processes hold instead (hostnet.py), under metric names of their own.
 One container that cannot be read never fails the run: it is counted instead.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
-from container_netstat import connections, procnet
+from container_netstat import connections, hostnet, procnet
 from container_netstat.discovery import POD_UID, Container
 from container_netstat.errors import ContainerNetstatError, ProcessGone
+from container_netstat.members import MemberFinder
 from container_netstat.netns import TcpReader, TcpReading
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
@@ -26,9 +30,10 @@ HOST_PID = 1
 
 # What a run reads, by metric group: basic (sockstat, sockstat6, snmp), counters
 # (snmp, netstat), states (one sock_diag dump inside the namespace, else tcp and tcp6:
-# both walk the host-wide TCP hash table; see netns.py).
-BASIC, COUNTERS, STATES = "basic", "counters", "states"
-GROUPS = (BASIC, COUNTERS, STATES)
+# both walk the host-wide TCP hash table; see netns.py), hostnet (the fds of each
+# host-network container's processes, and one dump of the host's sockets: hostnet.py).
+BASIC, COUNTERS, STATES, HOSTNET = "basic", "counters", "states", "hostnet"
+GROUPS = (BASIC, COUNTERS, STATES, HOSTNET)
 DEFAULT_GROUPS = frozenset({BASIC, COUNTERS, STATES})
 # The sections the metric catalogue reads; the rest of snmp/netstat (Ip, Icmp, IpExt,
 # MPTcpExt: hundreds of fields) is dropped at once, not kept for every namespace.
@@ -81,6 +86,8 @@ class Snapshot:
     pid_sources: Mapping[str, str] = field(default_factory=dict)  # container name -> source
     tcp_path: Optional["TcpPath"] = None  # how TCP states were read; None without the group
     groups: AbstractSet[str] = DEFAULT_GROUPS  # the metric groups read (states may have been left out)
+    host_joined: Tuple[Tuple[str, str], ...] = ()  # (container, the host-network container it joins)
+    hostnet: Optional[hostnet.Report] = None  # host-network containers' own sockets; None without the group
 
 
 @dataclass(frozen=True)
@@ -198,11 +205,14 @@ def collect(
     proc: ProcFS,
     groups: AbstractSet[str] = DEFAULT_GROUPS,
     tcp: Optional[TcpReader] = None,
+    scanned: Optional[Mapping[str, Iterable[int]]] = None,
+    fd_cap: int = hostnet.FD_CAP,
 ) -> Snapshot:
     """Read every container namespace once; see the module docstring.
 
     ``tcp`` reads TCP states (probed by the caller); one is made here if the group is asked
-    for without it.
+    for without it. ``scanned``: every pid of each container, where the discovery backend
+    has scanned them already (runtimes.py); ``fd_cap`` bounds the hostnet group's fd reads.
     """
     if STATES in groups and tcp is None:
         tcp = TcpReader(proc)
@@ -213,12 +223,15 @@ def collect(
     host_network: List[str] = []
 
     roots: List[Container] = []
+    host_roots: List[Container] = []
     joiners: Dict[str, List[Container]] = {}
     by_ref = {ref: c for c in containers for ref in (c.name, c.id)}
     for container in containers:
         if container.is_host_network:
-            log.debug("container %s: host network, reported by the host, not as a container", container.name)
+            log.debug("container %s: host network: the host's namespace, not reported as a namespace",
+                      container.name)
             host_network.append(container.name)
+            host_roots.append(container)
             continue
         target = _find(by_ref, containers, container.joins) if container.joins else None
         if target is not None and target is not container:
@@ -230,6 +243,7 @@ def collect(
         [(c.id, c.labels.get(POD_UID, "")) for c in roots], known={c.id: c.pid for c in roots if c.pid}
     )
     by_key: Dict[int, List[Tuple[Container, int]]] = {}
+    host_entries: List[Tuple[Container, int]] = []  # roots found in the host's namespace, with a pid
     for container in roots:
         found = resolved.get(container.id)
         if found is None:
@@ -247,8 +261,9 @@ def collect(
             failed.append((container.name, str(err)))
             continue
         if key == host.key:
-            log.debug("container %s: in the host's network namespace, not reported as a container", container.name)
+            log.debug("container %s: in the host's network namespace, not reported as a namespace", container.name)
             host_network.append(container.name)
+            host_entries.append((container, pid))
             continue
         by_key.setdefault(key, []).append((container, pid))
 
@@ -284,6 +299,17 @@ def collect(
             log.warning("container %s: exited during the run; skipped", owner.name)
             gone.append(owner.name)
 
+    host_ids = {c.id for c in host_roots} | {c.id for c, _ in host_entries}
+    host_joined = tuple(sorted((j.name, target.name) for target in containers if target.id in host_ids
+                               for j in joiners.get(target.id, [])))
+    for name, target_name in host_joined:
+        log.debug("container %s: joins host-network container %s", name, target_name)
+    report: Optional[hostnet.Report] = None
+    if HOSTNET in groups:
+        report = _hostnet(host_roots, host_entries, joiners, resolver, proc, tcp or path, scanned, fd_cap)
+        gone += report.gone
+        failed += report.failed
+
     return Snapshot(
         host=host,
         namespaces=tuple(sorted(namespaces, key=lambda n: n.tags)),
@@ -294,7 +320,50 @@ def collect(
         pid_sources={c.name: resolved[c.id].source for c in roots if c.id in resolved},
         tcp_path=_tcp_path(path, namespaces, STATES in groups),
         groups=frozenset(groups),
+        host_joined=host_joined,
+        hostnet=report,
     )
+
+
+def _hostnet(
+    host_roots: Sequence[Container],
+    host_entries: Sequence[Tuple[Container, int]],
+    joiners: Mapping[str, Sequence[Container]],
+    resolver: PidResolver,
+    proc: ProcFS,
+    tcp: Optional[TcpReader],
+    scanned: Optional[Mapping[str, Iterable[int]]],
+    fd_cap: int,
+) -> hostnet.Report:
+    """One hostnet group per host-network container with the containers that join it,
+    merged by identity tags: a pod's containers (each on the host network, or joined to
+    its sandbox) make one group."""
+    wanted = [*host_roots, *(j for c in host_roots for j in joiners.get(c.id, [])),
+              *(j for c, _ in host_entries for j in joiners.get(c.id, []))]
+    resolved = resolver.resolve([(c.id, c.labels.get(POD_UID, "")) for c in wanted],
+                                known={c.id: c.pid for c in wanted if c.pid}) if wanted else {}
+    pids = {c.id: found.pid for c in wanted for found in [resolved.get(c.id)] if found is not None}
+    pids.update((c.id, pid) for c, pid in host_entries)
+    gone: List[str] = []
+    by_tags: Dict[Tags, List[Tuple[Container, int]]] = {}
+    for root in [*host_roots, *(c for c, _ in host_entries)]:
+        if root.id not in pids:
+            log.warning("container %s: exited during the run; skipped", root.name)
+            gone.append(root.name)
+            continue
+        group = [root, *(j for j in joiners.get(root.id, []) if j.id in pids)]
+        by_tags.setdefault(identity_tags(group, root), []).extend((c, pids[c.id]) for c in group)
+    groups = [hostnet.Group(_pick_owner([c for c, _ in entries]), tuple(entries), tags)
+              for tags, entries in by_tags.items()]
+    reader = tcp
+    if reader is None:
+        reader = TcpReader(proc)
+        reader.probe()
+    finder = MemberFinder(proc, resolver.cgroup_root, known=scanned)
+    report = hostnet.collect(groups, reader, proc, finder, HOST_PID, fd_cap)
+    if tcp is None:
+        reader.close()
+    return replace(report, gone=(*gone, *report.gone))
 
 
 def _tcp_decision(

@@ -5,8 +5,27 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 from container_netstat.collect import Snapshot
-from container_netstat.metrics import HOST, HOST_METRICS, NETNS_METRICS, PORT_RANGE_SCOPE, PREFIX, SCOPE_TABLE, kernel_version
+from container_netstat.metrics import (
+    HOST,
+    HOST_METRICS,
+    HOSTNET_METRICS,
+    NETNS_METRICS,
+    PORT_RANGE_SCOPE,
+    PREFIX,
+    SCOPE_TABLE,
+    kernel_version,
+)
 
+NOT_ATTRIBUTABLE = (
+    "TIME_WAIT sockets, request sockets (SYN_RECV) and orphans have inode 0: no process holds them, "
+    "so they are in no host-network container's figures; nor is a connection waiting in an accept "
+    "queue (it counts in its listener's queue)"
+)
+HOSTNET_NEEDS = (
+    "ptrace read access to each process (CAP_SYS_PTRACE for another user's or a more privileged "
+    "process) to read /proc/<pid>/fd; the host's sockets by sock_diag, made in our own namespace "
+    "when it is the host's (no capability) or by setns (CAP_SYS_ADMIN), else /proc/net/tcp{,6} and udp{,6}"
+)
 CLOSE_WAIT_NOTE = (
     "Tcp: CurrEstab counts CLOSE_WAIT too on kernels with commit a46d0ea5c942 (2024, also in "
     "stable branches such as 5.15.y); the kernel version alone does not tell"
@@ -26,7 +45,34 @@ def metric_scopes(scopes: Mapping[str, str]) -> Dict[str, str]:
             out[PREFIX + m.name] = "host-wide on every kernel"
         elif scopes[m.scope_field] == HOST:
             out[PREFIX + m.name] = "host-wide on this kernel"
+    for h in HOSTNET_METRICS:
+        out[PREFIX + h.name] = "per host-network container or pod: the sockets its processes hold"
     return out
+
+
+def host_network(snapshot: Snapshot) -> Dict[str, Any]:
+    """The host-network containers, those joined to them, and what the hostnet group read."""
+    report = snapshot.hostnet
+    info: Dict[str, Any] = {
+        "containers": list(snapshot.host_network),
+        "joined": [{"container": name, "joins": target} for name, target in snapshot.host_joined],
+        "group": "on" if report is not None else "off",
+        "not_attributable": NOT_ATTRIBUTABLE,
+        "needs": HOSTNET_NEEDS,
+    }
+    if report is None:
+        return info
+    info.update({
+        "sockets_from": report.path or "-",
+        "reported": [
+            {"tags": ",".join(f"{k}={v}" for k, v in g.tags), "containers": list(g.members), "processes": g.pids,
+             "pid_sources": sorted({report.sources.get(name, "-") for name in g.members})}
+            for g in report.groups
+        ],
+        "skipped": [{"container": name, "reason": reason} for name, reason in report.not_permitted],
+        "over_fd_cap": [{"container": name, "reason": reason} for name, reason in report.over_cap],
+    })
+    return info
 
 
 def tcp_states(snapshot: Snapshot, unavailable: Optional[str]) -> Dict[str, Any]:
@@ -77,6 +123,7 @@ def report(snapshot: Snapshot, scopes: Mapping[str, str], docker: Mapping[str, A
         "containers": snapshot.containers,
         "namespaces": namespaces,
         "host_network": list(snapshot.host_network),
+        "hostnet": host_network(snapshot),
         "exited_during_run": list(snapshot.gone),
         "unreadable": [{"container": name, "reason": reason} for name, reason in snapshot.failed],
     }
@@ -113,11 +160,30 @@ def format_text(data: Mapping[str, Any]) -> str:
     lines.append("namespaces:")
     for ns in data["namespaces"]:
         lines.append(f"  {ns['tags']}  pid {ns['pid']} via {ns['pid_source']}: {', '.join(ns['containers'])}")
-    for title, key in (("host network (not reported)", "host_network"), ("exited during the run", "exited_during_run")):
-        if data[key]:
-            lines.append(f"{title}: {', '.join(data[key])}")
+    lines += _host_network_text(data["hostnet"])
+    if data["exited_during_run"]:
+        lines.append(f"exited during the run: {', '.join(data['exited_during_run'])}")
     if data["unreadable"]:
         lines.append("could not read:")
         for entry in data["unreadable"]:
             lines.append(f"  {entry['container']}: {entry['reason']}")
     return "\n".join(lines)
+
+
+def _host_network_text(info: Mapping[str, Any]) -> List[str]:
+    if not info["containers"] and not info["joined"]:
+        return []
+    lines = [f"host network (no namespace of their own; hostnet group {info['group']}): {', '.join(info['containers'])}"]
+    for entry in info["joined"]:
+        lines.append(f"  joined      {entry['container']} joins {entry['joins']}")
+    if info["group"] == "on":
+        lines.append(f"  sockets     the host's, from {info['sockets_from']}")
+        for group in info["reported"]:
+            lines.append(f"  reported    {group['tags']}: {', '.join(group['containers'])} "
+                         f"({group['processes']} processes via {', '.join(group['pid_sources'])})")
+        for title, key in (("skipped", "skipped"), ("over fd cap", "over_fd_cap")):
+            for entry in info[key]:
+                lines.append(f"  {title:<11} {entry['container']}: {entry['reason']}")
+    lines.append(f"  note: {info['not_attributable']}")
+    lines.append(f"  needs: {info['needs']}")
+    return lines

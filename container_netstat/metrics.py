@@ -21,11 +21,13 @@ from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat import procnet
 from container_netstat.connections import NEAR_FULL_PERCENT, STATE_NAMES, TcpSummary
+from container_netstat.hostnet import Figures, GroupStats
 from container_netstat.netns import SOCK_DIAG
 from container_netstat.collect import (
     BASIC,
     COUNTERS,
     DEFAULT_GROUPS,
+    HOSTNET,
     STATES,
     HostStats,
     NetnsStats,
@@ -235,6 +237,62 @@ NETNS_METRICS: Tuple[Metric, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class HostnetMetric:
+    """A hostnet catalogue entry: a figure of the sockets a host-network container holds."""
+
+    name: str
+    source: str
+    meaning: str
+    get: Callable[[Figures], Optional[int]]
+    counter_type: str = GAUGE
+
+
+HOSTNET_SOURCE = "the host's sockets (sock_diag, else /proc/net/tcp{,6}) whose inode its processes hold (/proc/<pid>/fd)"
+# TIME_WAIT and request (SYN_RECV) sockets have inode 0: no process holds them (hostnet.py).
+HOSTNET_STATES = tuple(s for s in STATE_NAMES.values() if s not in ("time_wait", "syn_recv"))
+
+
+def _own_listening(value: Callable[[TcpSummary], Optional[int]]) -> Callable[[Figures], Optional[int]]:
+    return lambda f: value(f.tcp) if f.tcp.listeners else None
+
+
+def _own_state(state: str) -> Callable[[Figures], Optional[int]]:
+    return lambda f: f.tcp.states[state]
+
+
+HOSTNET_METRICS: Tuple[HostnetMetric, ...] = (
+    HostnetMetric("hostnet.tcp.inuse", HOSTNET_SOURCE,
+                  "TCP sockets its processes hold, listeners included (TIME_WAIT is no process's)",
+                  lambda f: f.tcp_inuse),
+    HostnetMetric("hostnet.udp.inuse", "the host's UDP sockets (sock_diag, else /proc/net/udp{,6}) whose inode "
+                  "its processes hold", "UDP sockets its processes hold, IPv4 and IPv6", lambda f: f.udp_inuse),
+    *(HostnetMetric(f"hostnet.tcp.state.{state}", HOSTNET_SOURCE, f"its TCP sockets in {state.upper()}",
+                    _own_state(state)) for state in HOSTNET_STATES),
+    HostnetMetric("hostnet.tcp.listen.queue_max", HOSTNET_SOURCE + ": a LISTEN socket's receive queue",
+                  "the longest accept queue of its listeners", _own_listening(lambda t: t.queue_max)),
+    HostnetMetric("hostnet.tcp.listen.fill_max_pct", "sock_diag: LISTEN rqueue * 100 / wqueue (backlog; 0 counts as 1)",
+                  "its fullest listener's accept queue in percent of its backlog; above 100 SYNs are dropped",
+                  _own_listening(lambda t: t.fill_max_percent)),
+    HostnetMetric("hostnet.tcp.listen.near_full", f"sock_diag: its listeners at or above {NEAR_FULL_PERCENT} % fill",
+                  f"its listeners whose accept queue is at or above {NEAR_FULL_PERCENT} % of its backlog",
+                  _own_listening(lambda t: t.near_full)),
+    HostnetMetric("hostnet.tcp.ports.peer_max", HOSTNET_SOURCE + ": its sockets per remote (address, port)",
+                  "the most of its sockets (LISTEN left out; TIME_WAIT is no process's) connected to one remote",
+                  lambda f: f.tcp.peer_max),
+)
+
+
+def hostnet_samples(stats: GroupStats) -> List[Sample]:
+    """Samples of one host-network container or pod: the sockets its processes hold."""
+    samples = []
+    for m in HOSTNET_METRICS:
+        value = m.get(stats.figures)
+        if value is not None:
+            samples.append(Sample(PREFIX + m.name, value, m.counter_type, stats.tags))
+    return samples
+
+
 def _host(name: str, field: str, section: str, meaning: str, scope_field: Optional[str] = None) -> Metric:
     return Metric(
         name, BASIC, GAUGE, f"sockstat {section}: {field}", meaning,
@@ -314,6 +372,9 @@ def snapshot_samples(
         except ContainerNetstatError as err:
             log.error("container %s: %s", ns.owner.name, err)
             failed.append((ns.owner.name, str(err)))
+    if HOSTNET in groups and snapshot.hostnet is not None:
+        for stats in snapshot.hostnet.groups:
+            samples += hostnet_samples(stats)
     counts = (snapshot.containers, reported, len(failed))
     samples += [Sample(PREFIX + name, value, GAUGE) for (name, _), value in zip(COLLECTOR_METRICS, counts)]
     return samples, tuple(failed)

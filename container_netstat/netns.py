@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+from typing import AbstractSet, Callable, Iterator, List, Optional, Set, Tuple
 
 from container_netstat import connections, procnet, sockdiag
 from container_netstat.connections import TcpSocket, TcpSummary
@@ -40,6 +40,7 @@ CLONE_NEWNET = 0x40000000
 SELF_NS = "/proc/thread-self/ns/net"  # our own thread's namespace, whatever --proc-root is
 PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 SOCK_DIAG, PROC = "sock_diag", "proc"
+TCP, UDP = "tcp", "udp"  # the protocols ``TcpReader.sockets`` reads; also the /proc/net file names
 RECV_BUFFER = 65536  # the kernel fills dump datagrams up to 32 KiB (net/netlink/af_netlink.c)
 NETLINK_TIMEOUT = 5.0
 
@@ -132,6 +133,7 @@ class TcpReader:
         self.unavailable: Optional[str] = None  # why sock_diag is not used, once probed
         self.request = "legacy"  # TCPDIAG_GETSOCK (one walk); "v2" once the kernel refused it
         self.fallbacks: List[str] = []  # why some namespaces were read from /proc
+        self._refused: Set[str] = set()  # protocols the kernel's sock_diag does not answer
 
     def probe(self) -> Optional[str]:
         """None if sock_diag can be used, else the reason (for the info line and doctor)."""
@@ -177,25 +179,72 @@ class TcpReader:
 
     def read(self, pid: int) -> TcpReading:
         """The summary of one pid's namespace; ProcessGone if it went away meanwhile."""
-        if self._home_fd is not None and self.unavailable is None:
-            try:
-                return self._by_sock_diag(pid)
-            except (NotPermitted, SockDiagUnsupported) as err:
-                self._note_fallback(pid, str(err))
-        return self._by_proc(pid)
+        sockets, port_range, path = self._sockets(pid, TCP, EVERY)
+        return TcpReading(connections.summarize(sockets), port_range, path)
 
-    def _note_fallback(self, pid: int, why: str) -> None:
+    def sockets(self, pid: int, protocol: str = TCP, here: bool = False,
+                select: Optional[Selection] = None) -> Tuple[List[TcpSocket], str]:
+        """The decoded TCP (or UDP) sockets of one pid's namespace, and the path that read them.
+
+        For attributing sockets to processes by inode (``hostnet``): the records are kept,
+        not summarized, and ``select`` may keep only some (by state, asked of the kernel,
+        and by inode). UDP records carry the inode and the state (TCP_CLOSE for an
+        unconnected socket, TCP_ESTABLISHED for a connected one); their queues mean nothing.
+
+        ``here``: the caller knows the pid shares this thread's namespace, so the dump is
+        made where we are, without the ns file or setns. That needs no capability (a
+        netlink socket answers for its own namespace, net/ipv4/inet_diag.c checks none
+        for a dump), so it works for a docker-group user too; /proc/<pid>/net/* stays
+        the fallback.
+        """
+        select = select or EVERY
+        if here and protocol not in self._refused:
+            try:
+                return self._dump_here(protocol, select), SOCK_DIAG
+            except SockDiagUnsupported as err:
+                if protocol == UDP:
+                    self._refused.add(protocol)
+                self._note_fallback(pid, str(err), protocol)
+            return self._by_proc(pid, protocol, select), PROC
+        sockets, _range, path = self._sockets(pid, protocol, select)
+        return sockets, path
+
+    def _sockets(self, pid: int, protocol: str, select: Selection) -> Tuple[List[TcpSocket], Optional[int], str]:
+        if self._home_fd is not None and self.unavailable is None and protocol not in self._refused:
+            try:
+                sockets, port_range = self._by_sock_diag(pid, protocol, select)
+                return sockets, port_range, SOCK_DIAG
+            except (NotPermitted, SockDiagUnsupported) as err:
+                if isinstance(err, SockDiagUnsupported) and protocol == UDP:
+                    self._refused.add(protocol)  # no udp_diag in this kernel: not asked again
+                self._note_fallback(pid, str(err), protocol)
+        return self._by_proc(pid, protocol, select), None, PROC
+
+    def _dump_here(self, protocol: str, select: Selection) -> List[TcpSocket]:
+        sock = _netlink_socket()
+        try:
+            sock.settimeout(NETLINK_TIMEOUT)
+            return self._dump(sock, "sock_diag of this namespace", protocol, select)
+        finally:
+            sock.close()
+
+    def _note_fallback(self, pid: int, why: str, protocol: str = TCP) -> None:
+        if protocol == UDP:
+            log.info("UDP sockets: pid %d read from /proc/<pid>/net/udp{,6}: %s", pid, why)
+            return
         if not self.fallbacks:
             log.info("TCP states: pid %d read from /proc/<pid>/net/tcp{,6}: %s", pid, why)
         self.fallbacks.append(why)
 
-    def _by_proc(self, pid: int) -> TcpReading:
+    def _by_proc(self, pid: int, protocol: str, select: Selection) -> List[TcpSocket]:
+        # /proc/net/udp{,6} have the columns of tcp{,6} up to the inode (net/ipv4/udp.c
+        # ``udp4_format_sock``), so one parser reads both.
         sockets: List[TcpSocket] = []
-        for name in ("tcp", "tcp6"):
-            if name == "tcp" or self.proc.has_net(pid, name):
+        for name in (protocol, f"{protocol}6"):
+            if name == protocol or self.proc.has_net(pid, name):
                 text = self.proc.read_net(pid, name)
                 sockets += procnet.parse_tcp_sockets(text, self.proc.path(pid, "net", name))
-        return TcpReading(connections.summarize(sockets), None, PROC)
+        return select.keep(sockets)
 
     def _open_ns(self, pid: int) -> int:
         path = self.proc.path(pid, "ns", "net")
@@ -208,7 +257,7 @@ class TcpReader:
         except OSError as err:
             raise ProcReadError(f"{path}: {err.strerror or err}") from err
 
-    def _by_sock_diag(self, pid: int) -> TcpReading:
+    def _by_sock_diag(self, pid: int, protocol: str, select: Selection) -> Tuple[List[TcpSocket], Optional[int]]:
         assert self._home_fd is not None
         path = self.proc.path(pid, "ns", "net")
         ns_fd = self._open_ns(pid)
@@ -222,7 +271,7 @@ class TcpReader:
         try:
             sock.settimeout(NETLINK_TIMEOUT)
             source = f"sock_diag of {path}"
-            summary = connections.summarize(self._dump(sock, source))
+            sockets = self._dump(sock, source, protocol, select)
         finally:
             sock.close()
         try:
@@ -234,29 +283,50 @@ class TcpReader:
         if now != dumped:
             raise NamespaceGone(pid, path)
         port_range = parse_port_range(range_text) if range_text is not None else None
-        return TcpReading(summary, port_range, SOCK_DIAG)
+        return sockets, port_range
 
-    def _dump(self, sock: socket.socket, source: str) -> Iterator[TcpSocket]:
-        """The legacy request's one walk; the v2 pair where the kernel refuses it."""
-        if self.request == "legacy":
-            sock.send(sockdiag.legacy_request())
+    def _dump(self, sock: socket.socket, source: str, protocol: str, select: Selection) -> List[TcpSocket]:
+        """For TCP the legacy request's one walk, the v2 pair where the kernel refuses it;
+        for UDP the v2 pair (the legacy request knows TCP only, inet_diag_dump_compat)."""
+        if protocol == TCP and self.request == "legacy":
+            sock.send(sockdiag.legacy_request(states=select.states))
             try:
                 # A list, so that a refusal shows before anything is counted.
-                return iter(sockdiag.decode_all(_replies(sock, source), source))
+                return sockdiag.decode_all(_replies(sock, source), source, select.inodes)
             except sockdiag.DumpRefused as err:
                 log.info("sock_diag: the legacy TCPDIAG_GETSOCK request was refused (%s); using "
                          "SOCK_DIAG_BY_FAMILY per family", err)
                 self.request = "v2"
+        number = sockdiag.IPPROTO_TCP if protocol == TCP else sockdiag.IPPROTO_UDP
         found: List[TcpSocket] = []
         for family in (sockdiag.AF_INET, sockdiag.AF_INET6):
-            sock.send(sockdiag.v2_request(family))
+            sock.send(sockdiag.v2_request(family, states=select.states, protocol=number))
             try:
-                found += sockdiag.decode(_replies(sock, source), source)
+                found += sockdiag.decode(_replies(sock, source), source, select.inodes)
             except sockdiag.DumpRefused as err:
                 if family == sockdiag.AF_INET6 and err.code in (errno.ENOENT, errno.EAFNOSUPPORT):
                     continue  # no IPv6 in this kernel: no IPv6 sockets
-                raise SockDiagUnsupported(str(err)) from err
-        return iter(found)
+                raise SockDiagUnsupported(str(err) if protocol == TCP else f"UDP: {err}") from err
+        return found
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which sockets of a namespace to keep: the states asked of the kernel (a bit per
+    state, as sock_diag takes them) and, optionally, only the given inodes."""
+
+    states: int = sockdiag.STATE_MASK
+    inodes: Optional[AbstractSet[int]] = None
+
+    def keep(self, sockets: List[TcpSocket]) -> List[TcpSocket]:
+        """The same choice made afterwards, for sockets read from /proc."""
+        if self.states == sockdiag.STATE_MASK and self.inodes is None:
+            return sockets
+        return [s for s in sockets if self.states & (1 << s.state)
+                and (self.inodes is None or s.inode in self.inodes)]
+
+
+EVERY = Selection()
 
 
 def _netlink_socket() -> socket.socket:

@@ -36,6 +36,10 @@ class ProcFS:
         state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
         return state in (b"Z", b"X")
 
+    def is_gone(self, pid: int) -> bool:
+        """True once the pid has exited (no /proc/<pid>/stat) or is a zombie."""
+        return self._pid_is_gone(pid)
+
     def _read(self, pid: int, path: str) -> str:
         try:
             with open(path, "rb") as f:

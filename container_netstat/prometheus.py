@@ -76,6 +76,8 @@ def _help_texts() -> Dict[str, str]:
         metrics.PREFIX + m.name: f"{m.meaning} ({m.source})"
         for m in (*metrics.NETNS_METRICS, *metrics.HOST_METRICS)
     }
+    texts.update({metrics.PREFIX + m.name: f"host-network container or pod: {m.meaning} ({m.source})"
+                  for m in metrics.HOSTNET_METRICS})
     texts.update({metrics.PREFIX + name: meaning for name, meaning in metrics.COLLECTOR_METRICS})
     return texts
 

@@ -156,6 +156,7 @@ class Backend(Protocol):
 
     name: str
     where: str  # for messages: the API address, or the proc root
+    members: Optional[Dict[str, List[int]]]  # container id -> every pid, where containers() scanned /proc
 
     def containers(self) -> List[Container]: ...
 
@@ -173,6 +174,7 @@ class DockerBackend:
         self.environment = dict(environment)
         self.timeout = timeout
         self.where = self.environment.get("DOCKER_HOST") or f"unix://{DOCKER_SOCKET}"
+        self.members: Optional[Dict[str, List[int]]] = None
         self._client: Optional["docker.DockerClient"] = None
 
     def _connect(self) -> "docker.DockerClient":
@@ -203,6 +205,7 @@ class PodmanBackend(DockerBackend):
     def containers(self) -> List[Container]:
         listed = super().containers()
         members = scan(self.proc)
+        self.members = {cid: [m.pid for m in found] for cid, found in members.items()}
         out: List[Container] = []
         for container in listed:
             found = members.get(container.id)
@@ -222,6 +225,7 @@ class ProcBackend:
         self.paths = paths
         self.proc = proc or ProcFS(paths.proc_root)
         self.where = f"{paths.proc_root} (no runtime API)"
+        self.members: Optional[Dict[str, List[int]]] = None
 
     def containers(self) -> List[Container]:
         from container_netstat import dataroots  # here: only this backend needs it
@@ -232,6 +236,7 @@ class ProcBackend:
         files = NodeFiles(self.paths.run_root, self.paths.var_root, self.paths.proc_root, self.proc.parent_pid,
                           view.localize(dirs))
         out: List[Container] = []
+        self.members = {cid: [m.pid for m in found] for cid, found in node.containers.items()}
         for container_id, members in node.containers.items():
             init = init_member(self.proc, members)
             owner = init.owner

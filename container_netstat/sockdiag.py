@@ -1,4 +1,4 @@
-"""Pure codec for NETLINK_SOCK_DIAG TCP dumps: requests out, ``TcpSocket`` records in.
+"""Pure codec for NETLINK_SOCK_DIAG TCP (and UDP) dumps: requests out, ``TcpSocket`` records in.
 
 No socket, no file and no logging here: the reader in ``netns`` sends the bytes and
 hands the replies in. Layouts are the kernel's UAPI (include/uapi/linux/netlink.h,
@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import Iterable, Iterator, List, Tuple
+from typing import AbstractSet, Iterable, Iterator, List, Optional, Tuple
 
 from container_netstat.connections import STATE_NAMES, TcpSocket
 from container_netstat.errors import ContainerNetstatError, ParseError
@@ -43,6 +43,7 @@ NLM_F_DUMP_INTR = 0x10  # the dump was interrupted and may be inconsistent
 AF_INET = 2
 AF_INET6 = 10
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17  # answered by udp_diag (net/ipv4/udp_diag.c); ENOENT where it is not built
 # The states /proc/net/tcp prints (connections.STATE_NAMES, bits 1-11); TCP_NEW_SYN_RECV (12)
 # and TCP_BOUND_INACTIVE (13, commit 91051f003948) are kernel-internal and outside the mask.
 STATE_MASK = sum(1 << state for state in STATE_NAMES)
@@ -50,6 +51,8 @@ STATE_MASK = sum(1 << state for state in STATE_NAMES)
 _HEADER = struct.Struct("=IHHII")
 _SOCKID_LEN = 48
 _MSG = struct.Struct("=BBBB2s2s16s16s12xIIIII")  # inet_diag_msg, 72 bytes
+_INODE = struct.Struct("=I")  # idiag_inode, at byte 68 of inet_diag_msg
+_INODE_AT = 68
 _MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d
 
 
@@ -71,9 +74,14 @@ def legacy_request(seq: int = 1, states: int = STATE_MASK) -> bytes:
     return _request(TCPDIAG_GETSOCK, body, seq)
 
 
-def v2_request(family: int, seq: int = 1, states: int = STATE_MASK) -> bytes:
-    """SOCK_DIAG_BY_FAMILY with ``struct inet_diag_req_v2`` for one family."""
-    body = struct.pack("=BBBBI48s", family, IPPROTO_TCP, 0, 0, states, bytes(_SOCKID_LEN))
+def v2_request(family: int, seq: int = 1, states: int = STATE_MASK, protocol: int = IPPROTO_TCP) -> bytes:
+    """SOCK_DIAG_BY_FAMILY with ``struct inet_diag_req_v2`` for one family and protocol.
+
+    For UDP the states filter applies too (net/ipv4/udp_diag.c ``udp_dump``): an unconnected
+    socket is in TCP_CLOSE (7), a connected one in TCP_ESTABLISHED (1), both in the mask.
+    The replies have the TCP layout; their queues are the socket's memory, not a backlog.
+    """
+    body = struct.pack("=BBBBI48s", family, protocol, 0, 0, states, bytes(_SOCKID_LEN))
     return _request(SOCK_DIAG_BY_FAMILY, body, seq)
 
 
@@ -85,10 +93,14 @@ def _peer(family: int, address: bytes, port: bytes) -> Tuple[bytes, int]:
     return address, int.from_bytes(port, "big")
 
 
-def decode(replies: Iterable[bytes], source: str = "sock_diag") -> Iterator[TcpSocket]:
+def decode(
+    replies: Iterable[bytes], source: str = "sock_diag", inodes: Optional[AbstractSet[int]] = None
+) -> Iterator[TcpSocket]:
     """The sockets of one dump, from its reply datagrams in order, up to NLMSG_DONE.
 
-    Sockets in a state outside 1-11 are skipped. Raises ParseError for a message cut
+    Sockets in a state outside 1-11 are skipped, and with ``inodes`` every socket whose
+    inode is not in it (read before the rest of the message: a host's dump is long and
+    only a few of its sockets may be wanted). Raises ParseError for a message cut
     short, an interrupted dump, or replies that end before NLMSG_DONE, and DumpRefused
     for NLMSG_ERROR: a dump is whole or it is an error, never a partial count.
     """
@@ -113,6 +125,9 @@ def decode(replies: Iterable[bytes], source: str = "sock_diag") -> Iterator[TcpS
                 raise DumpRefused(source, -code)
             if length - _HEADER.size < _MSG.size:
                 raise ParseError(source, f"inet_diag_msg of {length - _HEADER.size} bytes, expected {_MSG.size}")
+            if inodes is not None and _INODE.unpack_from(data, body + _INODE_AT)[0] not in inodes:
+                offset += (length + 3) & ~3
+                continue
             family, state, _t, _r, _sport, dport, _src, dst, _exp, rqueue, wqueue, _uid, inode = \
                 _MSG.unpack_from(data, body)
             if state in STATE_NAMES:
@@ -121,6 +136,8 @@ def decode(replies: Iterable[bytes], source: str = "sock_diag") -> Iterator[TcpS
     raise ParseError(source, "replies ended before NLMSG_DONE")
 
 
-def decode_all(replies: Iterable[bytes], source: str = "sock_diag") -> List[TcpSocket]:
+def decode_all(
+    replies: Iterable[bytes], source: str = "sock_diag", inodes: Optional[AbstractSet[int]] = None
+) -> List[TcpSocket]:
     """``decode`` into a list."""
-    return list(decode(replies, source))
+    return list(decode(replies, source, inodes))

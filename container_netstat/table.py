@@ -3,7 +3,9 @@
 Built from the same samples as the other outputs, so it shows exactly what would be
 pushed. A column whose metric was not collected (CLOSE_WAIT without the states group,
 LISTEN_FILL without a listener or without sock_diag, TIME_WAIT on a kernel where it is
-host-wide) reads ``-``.
+host-wide) reads ``-``. With the hostnet group, host-network containers and pods follow
+in a section of their own, from their ``hostnet.*`` metrics (the sockets their processes
+hold): their TIME_WAIT is no process's, so it always reads ``-`` there.
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ class Column:
     header: str
     metric: str
     optional: bool = False  # shown only when some namespace has the metric
+    hostnet: Optional[str] = None  # the metric a host-network row shows here, if any
 
 
 COLUMNS: Tuple[Column, ...] = (
-    Column("ESTAB", PREFIX + "tcp.established"),
-    Column("INUSE", PREFIX + "tcp.inuse"),
+    Column("ESTAB", PREFIX + "tcp.established", hostnet=PREFIX + "hostnet.tcp.state.established"),
+    Column("INUSE", PREFIX + "tcp.inuse", hostnet=PREFIX + "hostnet.tcp.inuse"),
     Column("TIME_WAIT", PREFIX + "tcp.timewait"),
-    Column("UDP", PREFIX + "udp.inuse"),
-    Column("CLOSE_WAIT", PREFIX + "tcp.state.close_wait"),
+    Column("UDP", PREFIX + "udp.inuse", hostnet=PREFIX + "hostnet.udp.inuse"),
+    Column("CLOSE_WAIT", PREFIX + "tcp.state.close_wait", hostnet=PREFIX + "hostnet.tcp.state.close_wait"),
     # The fullest listener's accept queue in percent of its backlog: above 100 SYNs are dropped.
-    Column("LISTEN_FILL", PREFIX + "tcp.listen.fill_max_pct"),
+    Column("LISTEN_FILL", PREFIX + "tcp.listen.fill_max_pct", hostnet=PREFIX + "hostnet.tcp.listen.fill_max_pct"),
 )
+HOSTNET_PREFIX = PREFIX + "hostnet."
+HOSTNET_TITLE = "host network, the sockets its processes hold:"
 NAME = "name"
 SORT_KEYS: Tuple[str, ...] = (NAME, *(c.header.lower() for c in COLUMNS))
 DEFAULT_SORT = "inuse"
@@ -57,6 +62,7 @@ class Row:
 
     name: str
     values: Dict[str, Optional[int]]
+    hostnet: bool = False  # a host-network container or pod (hostnet.* metrics)
 
 
 def display_name(tags: Sequence[Tuple[str, str]]) -> str:
@@ -79,7 +85,9 @@ def printable(text: str) -> str:
 def rows(samples: Iterable[Sample]) -> Tuple[List[Row], Dict[str, int]]:
     """Group the samples by namespace (their tags); untagged host/collector ones go to the summary."""
     wanted = {c.metric: c.header for c in COLUMNS}
+    wanted_hostnet = {c.hostnet: c.header for c in COLUMNS if c.hostnet}
     by_tags: Dict[Tuple[Tuple[str, str], ...], Dict[str, Optional[int]]] = {}
+    hostnet: Dict[Tuple[Tuple[str, str], ...], Dict[str, Optional[int]]] = {}
     summary: Dict[str, int] = {}
     collector = {metric: key for key, metric in _COLLECTOR.items()}
     for sample in samples:
@@ -87,10 +95,17 @@ def rows(samples: Iterable[Sample]) -> Tuple[List[Row], Dict[str, int]]:
             if sample.metric in collector:
                 summary[collector[sample.metric]] = sample.value
             continue
+        if sample.metric.startswith(HOSTNET_PREFIX):
+            own = hostnet.setdefault(tuple(sorted(sample.tags)), {})
+            if sample.metric in wanted_hostnet:
+                own[wanted_hostnet[sample.metric]] = sample.value
+            continue
         values = by_tags.setdefault(tuple(sorted(sample.tags)), {})
         if sample.metric in wanted:
             values[wanted[sample.metric]] = sample.value
-    return [Row(display_name(tags), values) for tags, values in by_tags.items()], summary
+    found = [Row(display_name(tags), values) for tags, values in by_tags.items()]
+    found += [Row(display_name(tags), values, hostnet=True) for tags, values in hostnet.items()]
+    return found, summary
 
 
 def sort_rows(table: List[Row], key: str = DEFAULT_SORT) -> List[Row]:
@@ -140,13 +155,18 @@ def render(
 
     header = line("NAME", [c.header for c in shown])
     out = [f"{BOLD}{header}{RESET}" if color else header]
-    for row in sort_rows(table, sort):
-        values = cells[id(row)]
-        paint = None
-        if color:
-            paint = [YELLOW if _warns(c.header, row.values.get(c.header)) else "" for c in shown]
-        out.append(line(_shorten(row.name, name_width), values, paint))
-    out.append(_summary(summary, len(table)))
+    ordered = sort_rows(table, sort)
+    for section in (False, True):
+        part = [r for r in ordered if r.hostnet == section]
+        if section and part:
+            out.append(HOSTNET_TITLE)
+        for row in part:
+            values = cells[id(row)]
+            paint = None
+            if color:
+                paint = [YELLOW if _warns(c.header, row.values.get(c.header)) else "" for c in shown]
+            out.append(line(_shorten(row.name, name_width), values, paint))
+    out.append(_summary(summary, sum(1 for r in table if not r.hostnet), sum(1 for r in table if r.hostnet)))
     return "\n".join(out)
 
 
@@ -159,11 +179,13 @@ def _cell(value: Optional[int]) -> str:
     return "-" if value is None else str(value)
 
 
-def _summary(summary: Dict[str, int], shown: int) -> str:
+def _summary(summary: Dict[str, int], shown: int, hostnet: int = 0) -> str:
     namespaces = summary.get("namespaces", shown)
     parts = [f"{namespaces} namespace{'s' if namespaces != 1 else ''}"]
     if "containers" in summary:
         parts.append(f"{summary['containers']} running containers")
+    if hostnet:
+        parts.append(f"{hostnet} on the host network")
     if summary.get("failed"):
         parts.append(f"{summary['failed']} could not be read")
     return ", ".join(parts)

@@ -249,3 +249,33 @@ def test_proc_fallback_reads_mapped_peers_like_ipv4() -> None:
     # Every remote of this namespace is 127.0.0.1: in tcp6 as ::ffff:127.0.0.1, kept as in tcp.
     addresses = {s.peer[0] for s in v4 + v6 if s.peer[1]}
     assert len(addresses) == 1 and len(addresses.pop()) == 4
+
+
+# -- UDP ----------------------------------------------------------------------------------
+
+def test_v2_udp_request_has_the_protocol() -> None:
+    udp = sockdiag.v2_request(sockdiag.AF_INET, protocol=sockdiag.IPPROTO_UDP)
+    assert len(udp) == 16 + 56
+    assert struct.unpack_from("=BBBBI", udp, 16) == (2, 17, 0, 0, 0xFFE)
+    assert sockdiag.v2_request(sockdiag.AF_INET)[17] == sockdiag.IPPROTO_TCP  # the default stays TCP
+
+
+def test_udp_replies_decode_like_tcp_ones() -> None:
+    # udp_diag answers with inet_diag_msg too: TCP_CLOSE (7) unconnected, TCP_ESTABLISHED (1) connected
+    a, b = sockdiag.decode_all([message(7, dport=0, inode=41) + message(1, dport=53, inode=42) + done()])
+    assert (a.state, a.inode, a.peer[1]) == (7, 41, 0)
+    assert (b.state, b.inode, b.peer[1]) == (1, 42, 53)
+
+
+def test_decode_keeps_only_the_given_inodes() -> None:
+    replies = [message(1, inode=5) + message(8, inode=6), message(10, inode=7) + message(12, inode=6) + done()]
+    assert [s.inode for s in sockdiag.decode_all(replies, inodes={6, 7})] == [6, 7]
+    assert sockdiag.decode_all(replies, inodes=set()) == []
+    with pytest.raises(ParseError, match="before NLMSG_DONE"):  # a dump cut short is still an error
+        sockdiag.decode_all([message(1, inode=5)], inodes={6})
+
+
+def test_requests_carry_the_states_asked() -> None:
+    mask = sockdiag.STATE_MASK & ~(1 << 6)
+    assert struct.unpack_from("=I", sockdiag.legacy_request(states=mask), 16 + 4 + 48)[0] == mask
+    assert struct.unpack_from("=I", sockdiag.v2_request(2, states=mask, protocol=17), 20)[0] == mask

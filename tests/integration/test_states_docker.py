@@ -285,13 +285,13 @@ def test_a_pid_that_leaves_the_namespace_during_the_dump_is_not_reported(monkeyp
         before = os.stat(f"/proc/{child.pid}/ns/net").st_ino
         dump = reader._dump
 
-        def moving(sock: Any, source: str) -> Any:
+        def moving(*args: Any) -> Any:
             os.kill(child.pid, signal.SIGUSR1)
             for _ in range(100):
                 if os.stat(f"/proc/{child.pid}/ns/net").st_ino != before:
                     break
                 os.sched_yield()
-            return dump(sock, source)
+            return dump(*args)
 
         monkeypatch.setattr(reader, "_dump", moving)
         with pytest.raises(netns.NamespaceGone):
