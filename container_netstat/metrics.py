@@ -1,6 +1,6 @@
 """The metric catalogue: names, sources, types, and which fields are per namespace.
 
-Scope rules (FACTS §1):
+Scope rules (docs/facts.rst, "What in /proc/<pid>/net is per network namespace"):
 - ``TCP: inuse``/``UDP: inuse`` (sockstat) and ``TCP6``/``UDP6`` (sockstat6), and snmp's
   ``Tcp:``/``Udp:`` MIBs are per network namespace on every kernel.
 - ``TCP: tw`` is per namespace since the TIME_WAIT accounting moved into the

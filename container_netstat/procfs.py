@@ -3,7 +3,7 @@
 Parsing lives in ``procnet``; this module only knows paths. A missing file means
 "process gone" only once the pid itself is confirmed gone (psutil's rule): after
 a container exits, /proc/<pid>/net/* gives ENOENT, and a zombie also gives ENOENT
-for its files although /proc/<pid> still exists (FACTS §4).
+for its files although /proc/<pid> still exists (docs/facts.rst, "Vanishing processes").
 """
 
 from __future__ import annotations

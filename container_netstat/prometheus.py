@@ -1,6 +1,7 @@
 """Prometheus text exposition of a snapshot, and the atomic textfile write node_exporter needs.
 
-Rules from node_exporter's textfile collector and the Prometheus server (FACTS §7):
+Rules from node_exporter's textfile collector and the Prometheus server (docs/facts.rst,
+"node_exporter's textfile collector"):
 
 - node_exporter reads ``*.prom`` files from ``--collector.textfile.directory`` on every scrape
   and skips a whole file that has sample timestamps: none are written.

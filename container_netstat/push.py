@@ -1,6 +1,7 @@
 """Delivery of open-falcon items over HTTP to the falcon-agent, transfer or Nightingale.
 
-What the receivers answer (FACTS §5-6, falcon-plus and Nightingale source):
+What the receivers answer (falcon-plus and Nightingale source; docs/facts.rst, "The open-falcon
+push" and "Nightingale and categraf"):
 
 - falcon-agent ``POST /v1/push``: ``200 success`` once the JSON decoded, even if every item is
   invalid or transfer is down; ``400 connot decode body`` for the whole batch if one field has
@@ -89,7 +90,8 @@ class Target:
 
     url: str = DEFAULT_URL
     connect_timeout: float = 3.0
-    # The agent pushes to transfer before it answers and retries for up to ~14 s (FACTS §5).
+    # The agent pushes to transfer before it answers and retries for up to ~14 s
+    # (docs/facts.rst, "The open-falcon push").
     read_timeout: float = 20.0
 
 

@@ -12,7 +12,7 @@ Layout of the spool directory (mode 0700)::
 
 ``timestamp`` is the collection time of the batch's items, so sorting the names sorts the
 batches oldest first: open-falcon's graph drops a point that is not newer than the last one it
-holds for the series (FACTS §5), so a later run must replay them in that order, before its own.
+holds for the series (docs/facts.rst, "The open-falcon push"), so a later run must replay them in that order, before its own.
 
 Files are handled through a descriptor of the directory, opened without following a symbolic
 link, and every file in it is opened with ``O_NOFOLLOW``: a link planted in place of the

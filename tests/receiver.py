@@ -2,7 +2,7 @@
 
 Paths and rules (falcon-plus modules/agent/http/push.go, modules/transfer/http/api.go,
 modules/transfer/receiver/rpc/rpc_transfer.go; Nightingale pushgw/router/router_openfalcon.go;
-FACTS §5-6):
+docs/facts.rst, "The open-falcon push" and "Nightingale and categraf"):
 
 - ``POST /v1/push`` (agent): Go's encoding/json into ``[]*MetricValue``: a top-level object, a
   string endpoint/metric/counterType/tags of another type, or a step/timestamp that is not an
@@ -145,7 +145,7 @@ def sorted_tags(tags: Dict[str, str]) -> str:
 
 
 def graph_problems(item: Dict[str, Any]) -> List[str]:
-    """Why graph or the index would lose or mangle a series that transfer accepted (FACTS §5)."""
+    """Why graph or the index would lose or mangle a series that transfer accepted (docs/facts.rst, "The open-falcon push")."""
     problems = []
     tags = dicted_tags(item["tags"])
     counter = item["metric"] + ("/" + sorted_tags(tags) if tags else "")

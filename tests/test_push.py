@@ -1,7 +1,8 @@
 """Delivery: replies understood, outages spooled and replayed in order, deadlines kept.
 
 The receiver is a real HTTP server on 127.0.0.1 (tests/receiver.py) that enforces the
-falcon-agent's decoding, transfer's per-item checks and Nightingale's rules (FACTS §5-6).
+falcon-agent's decoding, transfer's per-item checks and Nightingale's rules
+(docs/facts.rst, "The open-falcon push" and "Nightingale and categraf").
 """
 
 from __future__ import annotations
