@@ -1,8 +1,8 @@
 """What finding the runtimes' directories adds to ``--runtime proc``, in-process.
 
-Times, alternately, the /proc scan alone (``runtimes.scan``), the same scan noting the
-runtime daemons (``runtimes.scan_node`` with ``dataroots.DAEMONS``), and that plus
-reading the daemons' command lines and configuration files (``dataroots.find``).
+Times, alternately, the /proc scan alone (``discovery.scan``), the same scan noting the
+runtime daemons (``discovery.scan_node`` with ``runtime_dirs.DAEMONS``), and that plus
+reading the daemons' command lines and configuration files (``runtime_dirs.find``).
 ``--extra N`` first starts N idle processes outside any container (``sleep``), to show
 the cost per host process; they are killed at the end.
 
@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Callable, Dict, List
 
-from container_netstat import dataroots, runtimes
+from container_netstat import runtime_dirs, discovery
 from container_netstat.procfs import ProcFS
 
 
@@ -31,15 +31,15 @@ def main() -> None:
     sleepers = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.extra)]
     try:
         proc = ProcFS("/proc")
-        view = dataroots.HostView()
+        view = runtime_dirs.HostView()
 
         def discovery() -> None:
-            node = runtimes.scan_node(proc, dataroots.DAEMONS)
-            dataroots.find("/proc", node.daemons, view)
+            node = discovery.scan_node(proc, runtime_dirs.DAEMONS)
+            runtime_dirs.find("/proc", node.daemons, view)
 
         cases: Dict[str, Callable[[], object]] = {
-            "scan": lambda: runtimes.scan(proc),
-            "scan + daemons": lambda: runtimes.scan_node(proc, dataroots.DAEMONS),
+            "scan": lambda: discovery.scan(proc),
+            "scan + daemons": lambda: discovery.scan_node(proc, runtime_dirs.DAEMONS),
             "scan + daemons + find": discovery,
         }
         times: Dict[str, List[float]] = {name: [] for name in cases}
@@ -48,7 +48,7 @@ def main() -> None:
                 start = time.perf_counter()
                 case()
                 times[name].append(time.perf_counter() - start)
-        node = runtimes.scan_node(proc, dataroots.DAEMONS)
+        node = discovery.scan_node(proc, runtime_dirs.DAEMONS)
         processes = len([p for p in os.listdir("/proc") if p.isdigit()])
         in_containers = sum(len(m) for m in node.containers.values())
         print(f"{processes} processes, {in_containers} in {len(node.containers)} containers, "

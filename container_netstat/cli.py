@@ -19,7 +19,7 @@ import click
 from container_netstat import __version__
 
 if TYPE_CHECKING:
-    from container_netstat.dataroots import Dirs
+    from container_netstat.runtime_dirs import Dirs
     from container_netstat.metrics import Sample
     from container_netstat.push import Outcome
     from container_netstat.spool import Spool
@@ -140,13 +140,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _runtime_dirs(ctx: click.Context, param: click.Parameter, value: Tuple[str, ...]) -> "Optional[Dirs]":
-    """--runtime-dir values -> dataroots.Dirs, or a usage error (exit 2)."""
+    """--runtime-dir values -> runtime_dirs.Dirs, or a usage error (exit 2)."""
     if not value:
         return None
-    from container_netstat import dataroots
+    from container_netstat import runtime_dirs
 
     try:
-        return dataroots.parse_given(value)
+        return runtime_dirs.parse_given(value)
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
 
@@ -213,8 +213,8 @@ def _tcp_reader(proc: Any, groups: "set[str]", states_asked: bool) -> Any:
     times a run without states, so there it is used only when asked for. Whether a
     container's ns file opens is confirmed by collect, on the first namespace.
     """
-    from container_netstat.collect import STATES
-    from container_netstat.netns import TcpReader
+    from container_netstat.namespaces import STATES
+    from container_netstat.tcp_reader import TcpReader
 
     if STATES not in groups:
         return None
@@ -231,17 +231,17 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
     ``snapshot.groups`` lacks ``states`` when they were not asked for and only /proc could
     give them.
     """
-    from container_netstat import collect as collecting
-    from container_netstat import filters, metrics, runtimes
+    from container_netstat import namespaces as collecting
+    from container_netstat import filters, metrics, discovery
     from container_netstat.errors import ContainerNetstatError, DockerUnavailable
     from container_netstat.pids import PidResolver
     from container_netstat.procfs import ProcFS
 
     proc = ProcFS(source.proc_root)
     tcp = _tcp_reader(proc, groups, states_asked)
-    paths = runtimes.Paths(source.proc_root, source.run_root, source.var_root, source.host_root,
+    paths = discovery.Paths(source.proc_root, source.run_root, source.var_root, source.host_root,
                            source.runtime_dirs)
-    backend = runtimes.choose(source.runtime, os.environ, source.docker_timeout, paths, source.docker_host)
+    backend = discovery.choose(source.runtime, os.environ, source.docker_timeout, paths, source.docker_host)
     try:
         containers = filters.select(backend.containers(), include, exclude)
         resolver = PidResolver(proc, source.cgroup_root, source.run_root, inspect=backend.inspector())

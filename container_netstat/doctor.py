@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional
 
-from container_netstat.collect import Snapshot
+from container_netstat.namespaces import Snapshot
 from container_netstat.metrics import (
     HOST,
     HOST_METRICS,

@@ -19,7 +19,7 @@ import re
 from functools import lru_cache
 from typing import Any, Dict, Iterable, Iterator, List
 
-from container_netstat.collect import Tags
+from container_netstat.namespaces import Tags
 from container_netstat.metrics import Sample
 
 MAX_FIELD_BYTES = 255

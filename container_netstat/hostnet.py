@@ -11,8 +11,8 @@ What is the container's own is the sockets its processes hold:
    ``proc_fd_access_allowed``; kernel/ptrace.c ``__ptrace_may_access``): CAP_SYS_PTRACE
    for a process of another uid or with capabilities we lack;
 3. the host namespace's TCP and UDP sockets with their inodes: one sock_diag dump
-   (``netns.TcpReader.sockets``), or the inode column of /proc/net/tcp{,6} and udp{,6};
-4. a container's figures are the summary (``connections.summarize``) of the host's TCP
+   (``tcp_reader.TcpReader.sockets``), or the inode column of /proc/net/tcp{,6} and udp{,6};
+4. a container's figures are the summary (``tcp_summary.summarize``) of the host's TCP
    sockets whose inode its processes hold, and the count of its UDP ones.
 
 What cannot be attributed: TIME_WAIT mini-sockets, request sockets (SYN_RECV) and
@@ -42,12 +42,12 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from container_netstat import connections, sockdiag
-from container_netstat.connections import TcpSocket, TcpSummary
-from container_netstat.discovery import Container
+from container_netstat import tcp_summary, sockdiag
+from container_netstat.tcp_summary import TcpSocket, TcpSummary
+from container_netstat.docker_api import Container
 from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
-from container_netstat.members import MemberFinder
-from container_netstat.netns import TCP, UDP, Selection, TcpReader
+from container_netstat.cgroup_members import MemberFinder
+from container_netstat.tcp_reader import TCP, UDP, Selection, TcpReader
 from container_netstat.procfs import ProcFS
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class HostSockets:
 
     tcp: Mapping[int, TcpSocket]  # inode -> socket; inode 0 left out
     udp: FrozenSet[int]
-    path: str  # netns.SOCK_DIAG or netns.PROC
+    path: str  # tcp_reader.SOCK_DIAG or tcp_reader.PROC
 
 
 def index(tcp: Iterable[TcpSocket], udp: Iterable[TcpSocket], path: str) -> HostSockets:
@@ -154,7 +154,7 @@ class Figures:
 def attribute(inodes: AbstractSet[int], host: HostSockets) -> Figures:
     """The figures of a holder of ``inodes`` (sockets of any kind; others are ignored)."""
     tcp = [host.tcp[i] for i in inodes if i in host.tcp]
-    return Figures(connections.summarize(tcp), len(tcp), sum(1 for i in inodes if i in host.udp))
+    return Figures(tcp_summary.summarize(tcp), len(tcp), sum(1 for i in inodes if i in host.udp))
 
 
 # TIME_WAIT is not asked for: its mini-sockets have inode 0 and are often most of a busy

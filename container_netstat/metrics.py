@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat import procnet
-from container_netstat.connections import NEAR_FULL_PERCENT, STATE_NAMES, TcpSummary
+from container_netstat.tcp_summary import NEAR_FULL_PERCENT, STATE_NAMES, TcpSummary
 from container_netstat.hostnet import Figures, GroupStats
-from container_netstat.netns import SOCK_DIAG
-from container_netstat.collect import (
+from container_netstat.tcp_reader import SOCK_DIAG
+from container_netstat.namespaces import (
     BASIC,
     COUNTERS,
     DEFAULT_GROUPS,

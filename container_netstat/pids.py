@@ -227,7 +227,7 @@ class PidResolver:
     ) -> Dict[str, Resolved]:
         """Map container id -> Resolved for (id, pod_uid) pairs; ids that are gone are left out.
 
-        ``known`` holds pids a discovery backend found in its /proc scan (runtimes.py):
+        ``known`` holds pids a discovery backend found in its /proc scan (discovery.py):
         each is used once /proc/<pid>/cgroup confirms it, before any other source.
         """
         found: Dict[str, Resolved] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Mapping
 
-from container_netstat.connections import STATE_NAMES, UNKNOWN_BACKLOG, TcpSocket, summarize
+from container_netstat.tcp_summary import STATE_NAMES, UNKNOWN_BACKLOG, TcpSocket, summarize
 from container_netstat.errors import ParseError
 
 Sections = Dict[str, Dict[str, int]]

@@ -29,7 +29,7 @@ import os
 import struct
 from typing import AbstractSet, Iterable, Iterator, List, Optional, Tuple
 
-from container_netstat.connections import STATE_NAMES, TcpSocket
+from container_netstat.tcp_summary import STATE_NAMES, TcpSocket
 from container_netstat.errors import ContainerNetstatError, ParseError
 
 NETLINK_SOCK_DIAG = 4
@@ -44,7 +44,7 @@ AF_INET = 2
 AF_INET6 = 10
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17  # answered by udp_diag (net/ipv4/udp_diag.c); ENOENT where it is not built
-# The states /proc/net/tcp prints (connections.STATE_NAMES, bits 1-11); TCP_NEW_SYN_RECV (12)
+# The states /proc/net/tcp prints (tcp_summary.STATE_NAMES, bits 1-11); TCP_NEW_SYN_RECV (12)
 # and TCP_BOUND_INACTIVE (13, commit 91051f003948) are kernel-internal and outside the mask.
 STATE_MASK = sum(1 << state for state in STATE_NAMES)
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 import pytest
 
-from container_netstat import cgroups, runtimes
+from container_netstat import cgroups, discovery
 from container_netstat.cgroups import CONTAINERD, CRIO, DOCKER, PODMAN, UNKNOWN, CgroupOwner
 from container_netstat.procfs import ProcFS
 
@@ -168,9 +168,9 @@ def test_pure_v2_cgroup_files(pid: int) -> None:
 
 
 def test_proc_scan_of_pure_v2_files_groups_each_container() -> None:
-    found = runtimes.scan(ProcFS(str(CGROUP2_PROC)))
+    found = discovery.scan(ProcFS(str(CGROUP2_PROC)))
     assert {cid: sorted(m.pid for m in members) for cid, members in found.items()} == {
         owner.id: sorted(p for p, o in V2_FILES.items() if o == owner) for owner in V2_FILES.values()
     }
     plain = found[V2_FILES[30504].id]
-    assert runtimes.init_member(ProcFS(str(CGROUP2_PROC)), plain).pid == 30504  # 30531's parent
+    assert discovery.init_member(ProcFS(str(CGROUP2_PROC)), plain).pid == 30504  # 30531's parent

@@ -19,13 +19,13 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 
-from container_netstat import hostnet, netns
-from container_netstat.connections import TcpSocket
-from container_netstat.discovery import Container
+from container_netstat import hostnet, tcp_reader
+from container_netstat.tcp_summary import TcpSocket
+from container_netstat.docker_api import Container
 from container_netstat.errors import ProcessGone
 from container_netstat.hostnet import FdCapExceeded, FdsNotPermitted, Group, socket_inodes
-from container_netstat.members import MemberFinder
-from container_netstat.netns import TcpReader
+from container_netstat.cgroup_members import MemberFinder
+from container_netstat.tcp_reader import TcpReader
 from container_netstat.procfs import ProcFS
 
 PROC = ProcFS()
@@ -89,7 +89,7 @@ HOST = hostnet.index(
     [tcp(10, 1, (bytes(4), 0), rq=3, wq=4), tcp(1, 2), tcp(8, 3), tcp(8, 4), tcp(1, 5),
      tcp(6, 0), tcp(6, 0), tcp(3, 0), tcp(4, 0), tcp(1, 5)],  # TIME_WAIT, SYN_RECV, orphan: inode 0
     [tcp(7, 20, (bytes(4), 0)), tcp(1, 21)],
-    netns.SOCK_DIAG,
+    tcp_reader.SOCK_DIAG,
 )
 
 
@@ -281,7 +281,7 @@ def test_each_holder_reports_its_own_sockets(holders: Any, reader: TcpReader) ->
     [quiet] = holders(k=0, udp=0)
     a, b = container("a"), container("b")
     report = run([group("a", (a, leaky)), group("b", (b, quiet))], reader)
-    assert report.path == netns.SOCK_DIAG
+    assert report.path == tcp_reader.SOCK_DIAG
     got = {s.owner.name: s.figures for s in report.groups}
     assert got["a"].tcp.states["close_wait"] == 3 and got["a"].tcp.states["listen"] == 1
     assert (got["a"].tcp_inuse, got["a"].udp_inuse, got["a"].tcp.listeners) == (4, 2, 1)
@@ -377,13 +377,13 @@ def test_reader_lists_the_same_sockets_by_every_path() -> None:
     probed = reader.probe() is None
     try:
         with srv, udp, udp6:
-            for protocol, expected in ((netns.TCP, {(10, inode(srv))}),
-                                       (netns.UDP, {(7, inode(udp)), (1, inode(udp6))})):
+            for protocol, expected in ((tcp_reader.TCP, {(10, inode(srv))}),
+                                       (tcp_reader.UDP, {(7, inode(udp)), (1, inode(udp6))})):
                 here, path = reader.sockets(os.getpid(), protocol, here=True)
-                assert path == netns.SOCK_DIAG
+                assert path == tcp_reader.SOCK_DIAG
                 entered, entered_path = reader.sockets(os.getpid(), protocol)
-                assert entered_path == (netns.SOCK_DIAG if probed else netns.PROC)
-                from_proc = reader._by_proc(os.getpid(), protocol, netns.EVERY)
+                assert entered_path == (tcp_reader.SOCK_DIAG if probed else tcp_reader.PROC)
+                from_proc = reader._by_proc(os.getpid(), protocol, tcp_reader.EVERY)
                 for found in (here, entered, from_proc):
                     assert {(s.state, s.inode) for s in found if s.inode in mine} == expected, protocol
             listener = [s for s in reader.sockets(os.getpid(), here=True)[0] if s.inode == inode(srv)]
@@ -410,7 +410,7 @@ def test_host_dump_keeps_only_the_held_sockets_and_no_time_wait() -> None:
             for own in (hostnet.OWN_NETNS, "/nonexistent"):  # sock_diag here, then /proc/net/*
                 host = hostnet.read_host(reader, PROC, os.getpid(), wanted, own_netns=own)
                 assert set(host.tcp) == {inode(srv)} and host.udp == {inode(udp)}, own
-                assert host.path == (netns.SOCK_DIAG if own == hostnet.OWN_NETNS else netns.PROC)
+                assert host.path == (tcp_reader.SOCK_DIAG if own == hostnet.OWN_NETNS else tcp_reader.PROC)
             everything = hostnet.read_host(reader, PROC, os.getpid())
             assert inode(srv) in everything.tcp
             assert not [s for s in everything.tcp.values() if s.state == 6]

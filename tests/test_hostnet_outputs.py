@@ -7,12 +7,12 @@ from typing import Dict, Optional
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from container_netstat import cli, connections, doctor, metrics, prometheus, table
-from container_netstat.collect import HOSTNET, HostStats, Snapshot
-from container_netstat.connections import TcpSocket
-from container_netstat.discovery import Container
+from container_netstat import cli, tcp_summary, doctor, metrics, prometheus, table
+from container_netstat.namespaces import HOSTNET, HostStats, Snapshot
+from container_netstat.tcp_summary import TcpSocket
+from container_netstat.docker_api import Container
 from container_netstat.hostnet import Figures, GroupStats, Report, attribute, index
-from container_netstat.netns import SOCK_DIAG
+from container_netstat.tcp_reader import SOCK_DIAG
 
 INGRESS = (("namespace", "edge"), ("pod", "ingress-7c9d"))
 AGENT = (("container", "node-agent"),)
@@ -131,7 +131,7 @@ def test_cli_knows_the_group_and_the_cap() -> None:
 
 
 def test_figures_of_nothing() -> None:
-    assert attribute(set(), HOST) == Figures(connections.summarize([]), 0, 0)
+    assert attribute(set(), HOST) == Figures(tcp_summary.summarize([]), 0, 0)
 
 
 def test_every_hostnet_metric_is_in_the_readme() -> None:

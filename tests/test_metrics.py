@@ -7,10 +7,10 @@ from typing import Dict
 
 import pytest
 
-from container_netstat import connections, metrics, procnet
-from container_netstat.netns import PROC, TcpReading
-from container_netstat.collect import HostStats, NetnsStats, Readings, Snapshot
-from container_netstat.discovery import Container
+from container_netstat import tcp_summary, metrics, procnet
+from container_netstat.tcp_reader import PROC, TcpReading
+from container_netstat.namespaces import HostStats, NetnsStats, Readings, Snapshot
+from container_netstat.docker_api import Container
 from container_netstat.errors import ContainerNetstatError
 
 from conftest import PROC_NET
@@ -186,7 +186,7 @@ def _ns_snmp_netstat(folder: str) -> NetnsStats:
 def test_tcp_states_and_per_namespace_orphans() -> None:
     d = PROC_NET / "linux-6.18-states"
     sockets = procnet.parse_tcp_sockets((d / "tcp").read_text()) + procnet.parse_tcp_sockets((d / "tcp6").read_text())
-    reading = TcpReading(connections.summarize(sockets), None, PROC)
+    reading = TcpReading(tcp_summary.summarize(sockets), None, PROC)
     ns = NetnsStats(owner=Container("a" * 64, "web", "default"), members=("web",), pid=1, key=1,
                     tags=(("container", "web"),), readings=Readings(tcp=reading))
     values = _values(metrics.netns_samples(ns, metrics.field_scopes("6.18"), {"states"}))

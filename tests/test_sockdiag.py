@@ -9,10 +9,10 @@ from typing import List
 
 import pytest
 
-from container_netstat import connections, procnet, sockdiag
-from container_netstat.connections import TcpSocket
+from container_netstat import tcp_summary, procnet, sockdiag
+from container_netstat.tcp_summary import TcpSocket
 from container_netstat.errors import ParseError
-from container_netstat.netns import parse_port_range
+from container_netstat.tcp_reader import parse_port_range
 
 from conftest import FIXTURES
 
@@ -47,18 +47,18 @@ def test_recorded_dump_is_several_datagrams() -> None:
 
 
 def test_legacy_dump_counts_equal_ss() -> None:
-    summary = connections.summarize(sockdiag.decode(parts("legacy")))
+    summary = tcp_summary.summarize(sockdiag.decode(parts("legacy")))
     expected = ss_states()
-    for name in connections.STATE_NAMES.values():
+    for name in tcp_summary.STATE_NAMES.values():
         assert summary.states[name] == expected.get(name, 0), name
     assert summary.states["close_wait"] == 4
 
 
 def test_legacy_dump_listeners_equal_ss_ltn() -> None:
     sockets = sockdiag.decode_all(parts("legacy"))
-    listeners = sorted((s.rqueue, s.wqueue) for s in sockets if s.state == connections.LISTEN)
+    listeners = sorted((s.rqueue, s.wqueue) for s in sockets if s.state == tcp_summary.LISTEN)
     assert listeners == ss_listeners()
-    summary = connections.summarize(sockets)
+    summary = tcp_summary.summarize(sockets)
     assert summary.listeners == 5
     assert summary.queue_max == 3
     assert summary.fill_max_percent == 150  # Recv-Q 3 over Send-Q 2
@@ -72,8 +72,8 @@ def test_one_legacy_walk_equals_the_v2_pair() -> None:
 
 
 def test_dump_and_proc_files_agree_except_the_backlog() -> None:
-    dumped = connections.summarize(sockdiag.decode(parts("legacy")))
-    proc = connections.summarize(
+    dumped = tcp_summary.summarize(sockdiag.decode(parts("legacy")))
+    proc = tcp_summary.summarize(
         procnet.parse_tcp_sockets((RECORDED / "tcp").read_text(), "tcp")
         + procnet.parse_tcp_sockets((RECORDED / "tcp6").read_text(), "tcp6")
     )
@@ -87,7 +87,7 @@ def test_ipv4_mapped_peers_merge_with_ipv4() -> None:
     # 200 clients on 127.0.0.1 to the dual-stack listener on 9200: the client sides have
     # the IPv4 peer 127.0.0.1:9200; the accepted sides each have their own client port.
     assert Counter(s.peer for s in sockets)[(bytes([127, 0, 0, 1]), 9200)] == 200
-    assert connections.summarize(sockets).peer_max == 200
+    assert tcp_summary.summarize(sockets).peer_max == 200
     assert all(len(s.peer[0]) == 4 for s in sockets if s.peer[1])
 
 
@@ -196,38 +196,38 @@ def sock(state: int, peer: tuple = (b"\x0a\0\0\x01", 443), rq: int = 0, wq: int 
 
 
 def test_backlog_zero_counts_as_one() -> None:
-    assert connections.fill_percent(1, 0) == 100
-    assert connections.fill_percent(0, 0) == 0
-    assert connections.fill_percent(3, 2) == 150
-    assert connections.fill_percent(4, 5) == 80
+    assert tcp_summary.fill_percent(1, 0) == 100
+    assert tcp_summary.fill_percent(0, 0) == 0
+    assert tcp_summary.fill_percent(3, 2) == 150
+    assert tcp_summary.fill_percent(4, 5) == 80
 
 
 def test_listener_figures() -> None:
-    s = connections.summarize([sock(10, rq=4, wq=5), sock(10, rq=1, wq=128), sock(10, rq=0, wq=0)])
+    s = tcp_summary.summarize([sock(10, rq=4, wq=5), sock(10, rq=1, wq=128), sock(10, rq=0, wq=0)])
     assert (s.listeners, s.queue_max, s.fill_max_percent, s.near_full) == (3, 4, 80, 1)
 
 
 def test_no_listener_has_no_fill() -> None:
-    s = connections.summarize([sock(1)])
+    s = tcp_summary.summarize([sock(1)])
     assert (s.listeners, s.queue_max, s.fill_max_percent, s.near_full) == (0, 0, None, None)
 
 
 def test_port_pressure_counts_time_wait_but_not_listeners_or_unconnected() -> None:
     peer = (b"\x0a\0\0\x01", 5432)
-    s = connections.summarize([sock(1, peer), sock(6, peer, inode=0), sock(2, peer), sock(10, peer),
+    s = tcp_summary.summarize([sock(1, peer), sock(6, peer, inode=0), sock(2, peer), sock(10, peer),
                                sock(7, (bytes(4), 0)), sock(7, (bytes(4), 0)), sock(1, (b"\x0a\0\0\x02", 5432))])
     assert s.peer_max == 3
 
 
 def test_orphans_are_inode_zero_in_closing_states() -> None:
-    s = connections.summarize([sock(4, inode=0), sock(9, inode=0), sock(4, inode=7), sock(6, inode=0), sock(3, inode=0)])
+    s = tcp_summary.summarize([sock(4, inode=0), sock(9, inode=0), sock(4, inode=7), sock(6, inode=0), sock(3, inode=0)])
     assert s.states["orphan"] == 2
     assert s.states["fin_wait1"] == 2 and s.states["time_wait"] == 1 and s.states["syn_recv"] == 1
 
 
 def test_empty_summary_has_every_state() -> None:
-    e = connections.empty()
-    assert set(e.states) == {*connections.STATE_NAMES.values(), "orphan"}
+    e = tcp_summary.empty()
+    assert set(e.states) == {*tcp_summary.STATE_NAMES.values(), "orphan"}
     assert not any(e.states.values()) and e.fill_max_percent is None
 
 
@@ -245,7 +245,7 @@ def test_bad_port_range_is_a_parse_error(text: str) -> None:
 def test_proc_fallback_reads_mapped_peers_like_ipv4() -> None:
     v6 = procnet.parse_tcp_sockets((RECORDED / "tcp6").read_text(), "tcp6")
     v4 = procnet.parse_tcp_sockets((RECORDED / "tcp").read_text(), "tcp")
-    assert all(s.wqueue == connections.UNKNOWN_BACKLOG for s in v4 + v6)
+    assert all(s.wqueue == tcp_summary.UNKNOWN_BACKLOG for s in v4 + v6)
     # Every remote of this namespace is 127.0.0.1: in tcp6 as ::ffff:127.0.0.1, kept as in tcp.
     addresses = {s.peer[0] for s in v4 + v6 if s.peer[1]}
     assert len(addresses) == 1 and len(addresses.pop()) == 4

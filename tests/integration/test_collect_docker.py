@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from container_netstat import collect as collecting
-from container_netstat import discovery
-from container_netstat.collect import DEFAULT_GROUPS
+from container_netstat import namespaces as collecting
+from container_netstat import docker_api
+from container_netstat.namespaces import DEFAULT_GROUPS
 from container_netstat.metrics import NETNS_METRICS
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
@@ -190,12 +190,12 @@ def test_container_exiting_between_list_and_read_is_skipped(run_container: Any, 
     stays = run_container(name="stays", network_mode="none")
     leaves = run_container(name="leaves", network_mode="none")
     proc = ProcFS()
-    client = discovery.connect(dict(os.environ), 30)
-    listed = [c for c in discovery.list_containers(client) if c.name in (stays.name, leaves.name)]
+    client = docker_api.connect(dict(os.environ), 30)
+    listed = [c for c in docker_api.list_containers(client) if c.name in (stays.name, leaves.name)]
     assert len(listed) == 2
     leaves.kill()
     leaves.wait(timeout=30)
-    snapshot = collecting.collect(listed, PidResolver(proc, inspect=discovery.inspector(client)), proc)
+    snapshot = collecting.collect(listed, PidResolver(proc, inspect=docker_api.inspector(client)), proc)
     assert [ns.owner.name for ns in snapshot.namespaces] == [stays.name]
     assert snapshot.gone == (leaves.name,)
     assert snapshot.failed == ()
@@ -205,9 +205,9 @@ def test_container_exiting_between_list_and_read_is_skipped(run_container: Any, 
 def test_pid_vanishing_after_resolution_is_skipped(run_container: Any, caplog) -> None:
     leaves = run_container(name="late", network_mode="none")
     proc = ProcFS()
-    client = discovery.connect(dict(os.environ), 30)
-    listed = [c for c in discovery.list_containers(client) if c.name == leaves.name]
-    real = PidResolver(proc, inspect=discovery.inspector(client))
+    client = docker_api.connect(dict(os.environ), 30)
+    listed = [c for c in docker_api.list_containers(client) if c.name == leaves.name]
+    real = PidResolver(proc, inspect=docker_api.inspector(client))
     resolved = real.resolve([(leaves.id, "")])
     leaves.kill()
     leaves.wait(timeout=30)

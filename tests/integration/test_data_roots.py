@@ -3,7 +3,7 @@
 Each private dockerd has its own socket, exec-root, pidfile and bridge (never ``--bridge
 none``: it deletes docker0, which belongs to the daemon the other tests use), and keeps its
 containers under a non-default data-root, given once on its command line and once in its
-daemon.json. The tool finds that directory from the running dockerd alone (dataroots.py).
+daemon.json. The tool finds that directory from the running dockerd alone (runtime_dirs.py).
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ from typing import Any, Dict, Iterable, List, Set
 
 import pytest
 
-from container_netstat import discovery, hostnet
-from container_netstat.members import MemberFinder
+from container_netstat import docker_api, hostnet
+from container_netstat.cgroup_members import MemberFinder
 from container_netstat.metrics import HOSTNET_STATES
-from container_netstat.netns import TcpReader
+from container_netstat.tcp_reader import TcpReader
 from container_netstat.procfs import ProcFS
 
 from conftest import TEST_LABEL, pid_of
@@ -241,7 +241,7 @@ def test_container_joined_to_a_host_network_container_is_in_its_group(run_contai
 def test_a_container_that_exits_mid_read_is_gone_not_failed(run_container: Any, docker_client: Any) -> None:
     stays = python_container(run_container, "hn-stays", SERVER.format(port=47104, n=1), network_mode="host")
     leaves = python_container(run_container, "hn-leaves", SERVER.format(port=47105, n=1), network_mode="host")
-    listed = {c.name: c for c in discovery.list_containers(docker_client)
+    listed = {c.name: c for c in docker_api.list_containers(docker_client)
               if c.name in (stays.name, leaves.name)}
     groups = [hostnet.Group(listed[c.name], ((listed[c.name], pid_of(c)),), (("container", c.name),))
               for c in (stays, leaves)]
@@ -307,7 +307,7 @@ def test_without_the_group_host_network_containers_are_not_reported(run_containe
 
 
 def test_proc_runtime_reports_what_the_docker_runtime_reports(run_container: Any) -> None:
-    """--runtime proc has scanned every member already (runtimes.scan): the same figures."""
+    """--runtime proc has scanned every member already (discovery.scan): the same figures."""
     leaky = python_container(run_container, "hn-proc", LEAKY.format(port=47109, k=2, udp=1), network_mode="host")
     via_docker = items_of(hostnet_items(*only(leaky.labels[TEST_LABEL])))
     via_proc = items_of(hostnet_items("--runtime", "proc", *only(leaky.labels[TEST_LABEL])))

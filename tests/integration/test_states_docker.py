@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from conftest import in_netns, pid_of, unavailable
-from container_netstat import netns, sockdiag
-from container_netstat.collect import collect as collect_snapshot
-from container_netstat.discovery import Container
+from container_netstat import tcp_reader, sockdiag
+from container_netstat.namespaces import collect as collect_snapshot
+from container_netstat.docker_api import Container
 from container_netstat.errors import ParseError, ProcessGone
 from container_netstat.metrics import GAUGE, NETNS_METRICS
 from container_netstat.pids import PidResolver
@@ -243,7 +243,7 @@ def test_the_run_ends_in_the_namespace_it_started_in_even_when_a_dump_fails(
         yield b"\x48\x00\x00\x00"  # a header promising 72 bytes, and nothing after it
 
     monkeypatch.setattr(netns, "_replies", cut_short)
-    reader = netns.TcpReader(proc)
+    reader = tcp_reader.TcpReader(proc)
     assert reader.probe() is None
     with pytest.raises(ParseError, match="cut short"):
         reader.read(pid_of(victim))
@@ -257,7 +257,7 @@ def test_the_run_ends_in_the_namespace_it_started_in_even_when_a_dump_fails(
 def test_a_container_that_exits_before_its_dump_is_skipped(run_container: Any) -> None:
     doomed = run_container(name="st-doomed", network_mode="none")
     pid = pid_of(doomed)
-    reader = netns.TcpReader(ProcFS())
+    reader = tcp_reader.TcpReader(ProcFS())
     assert reader.probe() is None
     doomed.kill()
     doomed.wait(timeout=30)
@@ -280,7 +280,7 @@ def test_a_pid_that_leaves_the_namespace_during_the_dump_is_not_reported(monkeyp
         stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        reader = netns.TcpReader(ProcFS())
+        reader = tcp_reader.TcpReader(ProcFS())
         assert reader.probe() is None
         before = os.stat(f"/proc/{child.pid}/ns/net").st_ino
         dump = reader._dump
@@ -294,7 +294,7 @@ def test_a_pid_that_leaves_the_namespace_during_the_dump_is_not_reported(monkeyp
             return dump(*args)
 
         monkeypatch.setattr(reader, "_dump", moving)
-        with pytest.raises(netns.NamespaceGone):
+        with pytest.raises(tcp_reader.NamespaceGone):
             reader.read(child.pid)
     finally:
         child.kill()
@@ -302,8 +302,8 @@ def test_a_pid_that_leaves_the_namespace_during_the_dump_is_not_reported(monkeyp
 
 
 def _refusing(times: int) -> Any:
-    """netns._replies that answers the first ``times`` requests with NLMSG_ERROR (EINVAL)."""
-    real = netns._replies
+    """tcp_reader._replies that answers the first ``times`` requests with NLMSG_ERROR (EINVAL)."""
+    real = tcp_reader._replies
     calls = {"n": 0}
 
     def replies(sock: Any, source: str) -> Any:
@@ -322,11 +322,11 @@ def test_a_refused_legacy_request_falls_back_to_the_v2_pair_then_to_proc(
 ) -> None:
     victim, _ = mixed
     pid = pid_of(victim)
-    reader = netns.TcpReader(ProcFS())
+    reader = tcp_reader.TcpReader(ProcFS())
     assert reader.probe() is None
     expected = reader.read(pid)
     monkeypatch.setattr(netns, "_replies", _refusing(1))
-    again = netns.TcpReader(ProcFS())
+    again = tcp_reader.TcpReader(ProcFS())
     again.probe()
     with caplog.at_level("INFO", logger="container_netstat"):
         got = again.read(pid)
@@ -334,7 +334,7 @@ def test_a_refused_legacy_request_falls_back_to_the_v2_pair_then_to_proc(
     assert "legacy TCPDIAG_GETSOCK request was refused" in caplog.text
     # Both refused: that namespace comes from /proc, said once, with the same counts.
     monkeypatch.setattr(netns, "_replies", _refusing(3))
-    last = netns.TcpReader(ProcFS())
+    last = tcp_reader.TcpReader(ProcFS())
     last.probe()
     with caplog.at_level("INFO", logger="container_netstat"):
         fallback = last.read(pid)

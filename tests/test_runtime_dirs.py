@@ -15,9 +15,9 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import pytest
 from click.testing import CliRunner
 
-from container_netstat import cli, dataroots, runtimes
-from container_netstat.dataroots import Dirs, Flags, HostView
-from container_netstat.ondisk import NodeFiles
+from container_netstat import cli, runtime_dirs, discovery
+from container_netstat.runtime_dirs import Dirs, Flags, HostView
+from container_netstat.node_files import NodeFiles
 from container_netstat.procfs import ProcFS
 
 DOCKER_ID = "a" * 64
@@ -34,7 +34,7 @@ CRIO_ID = "d" * 64
     (b"podman\0--root\0/d\xffata\0", ("podman", "--root", "/d\udcffata")),  # bytes kept as os.fsdecode does
 ])
 def test_cmdline_parser(raw: bytes, argv: Tuple[str, ...]) -> None:
-    assert dataroots.parse_cmdline(raw) == argv
+    assert runtime_dirs.parse_cmdline(raw) == argv
 
 
 # --- daemon flags ---
@@ -74,7 +74,7 @@ def test_cmdline_parser(raw: bytes, argv: Tuple[str, ...]) -> None:
     ("containerd-shim", ["--root", "/x"], Flags()),
 ])
 def test_flag_parser(comm: str, args: Sequence[str], flags: Flags) -> None:
-    assert dataroots.parse_flags(comm, [comm, *args]) == flags
+    assert runtime_dirs.parse_flags(comm, [comm, *args]) == flags
 
 
 # --- daemon.json ---
@@ -91,7 +91,7 @@ def test_flag_parser(comm: str, args: Sequence[str], flags: Flags) -> None:
     ('["data-root"]', None),
 ])
 def test_daemon_json_parser(text: str, root: Optional[str]) -> None:
-    assert dataroots.parse_daemon_json(text) == root
+    assert runtime_dirs.parse_daemon_json(text) == root
 
 
 # --- TOML (the string values only) ---
@@ -160,7 +160,7 @@ y = 'lit\\eral'
     ('x = """never ends\nstate = "/s"\n', {}),
 ])
 def test_toml_parser(text: str, expected: Dict[Tuple[str, ...], str]) -> None:
-    assert dataroots.parse_toml_strings(text) == expected
+    assert runtime_dirs.parse_toml_strings(text) == expected
 
 
 def _strings(table: Dict[str, Any], prefix: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], str]]:
@@ -180,7 +180,7 @@ def test_toml_parser_agrees_with_tomllib(text: str, multi_line: "set[Tuple[str, 
     """Every string it reads is tomllib's; it skips only the multi-line strings."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
     theirs = dict(_strings(tomllib.loads(text)))
-    ours = dataroots.parse_toml_strings(text)
+    ours = runtime_dirs.parse_toml_strings(text)
     assert ours.items() <= theirs.items()
     assert set(theirs) - set(ours) == multi_line
 
@@ -208,18 +208,18 @@ def test_default_view_changes_nothing() -> None:
     assert HostView().local("/var/lib/docker") == "/var/lib/docker"
     assert HostView().local("/var/run/docker") == "/run/docker"
     assert HostView().local("/data/docker") == "/data/docker"
-    assert HostView(run_root="/r", var_root="/v").localize(dataroots.DEFAULTS) == Dirs(
+    assert HostView(run_root="/r", var_root="/v").localize(runtime_dirs.DEFAULTS) == Dirs(
         ("/v/lib/docker",), ("/r/containerd",), ("/v/lib/containers/storage",), ("/r/containers/storage",))
 
 
 def test_given_dirs_parser() -> None:
-    given = dataroots.parse_given(["docker=/data/docker", "docker=/data/docker2/", "containerd=/run/k3s/containerd",
+    given = runtime_dirs.parse_given(["docker=/data/docker", "docker=/data/docker2/", "containerd=/run/k3s/containerd",
                                    "graphroot=/g", "runroot=/r"])
     assert given == Dirs(("/data/docker", "/data/docker2"), ("/run/k3s/containerd",), ("/g",), ("/r",))
-    assert dataroots.parse_given([]) == Dirs()
+    assert runtime_dirs.parse_given([]) == Dirs()
     for bad in ("docker", "lxc=/x", "docker=data/docker", "docker="):
         with pytest.raises(ValueError):
-            dataroots.parse_given([bad])
+            runtime_dirs.parse_given([bad])
 
 
 def test_a_wrong_runtime_dir_is_a_usage_error() -> None:
@@ -260,7 +260,7 @@ class Node:
         return full
 
     def find(self, daemons: Dict[int, str], given: Dirs = Dirs()) -> Dirs:
-        return dataroots.find(str(self.root / "proc"), daemons, self.view, given)
+        return runtime_dirs.find(str(self.root / "proc"), daemons, self.view, given)
 
 
 @pytest.fixture
@@ -269,7 +269,7 @@ def node(tmp_path: Path) -> Node:
 
 
 def test_nothing_running_and_no_files_gives_the_defaults(node: Node) -> None:
-    assert node.find({}) == dataroots.DEFAULTS
+    assert node.find({}) == runtime_dirs.DEFAULTS
 
 
 def test_dockerd_data_root_from_its_command_line(node: Node) -> None:
@@ -392,10 +392,10 @@ def test_daemons_are_found_in_the_same_scan_outside_containers(node: Node) -> No
     node.daemon(14, "podman")
     node.daemon(15, "sshd")
     node.daemon(20, "dockerd", cgroup=f"0::/docker/{DOCKER_ID}\n")  # Docker in Docker: not the host's
-    scanned = runtimes.scan_node(ProcFS(str(node.root / "proc")), dataroots.DAEMONS)
+    scanned = discovery.scan_node(ProcFS(str(node.root / "proc")), runtime_dirs.DAEMONS)
     assert scanned.daemons == {10: "dockerd", 11: "containerd", 13: "crio", 14: "podman"}
     assert list(scanned.containers) == [DOCKER_ID]
-    assert runtimes.scan_node(ProcFS(str(node.root / "proc"))).daemons == {}
+    assert discovery.scan_node(ProcFS(str(node.root / "proc"))).daemons == {}
 
 
 # --- naming from the directories found ---
@@ -423,10 +423,10 @@ def test_proc_backend_names_containers_of_a_docker_with_another_data_root(node: 
               json.dumps({"Name": "/web", "Config": {"Labels": {"tier": "front"}}}))
     node.file(f"/srv/docker/containers/{DOCKER_ID}/hostconfig.json", json.dumps({"NetworkMode": "bridge"}))
     node.daemon(300, "sh", cgroup=f"0::/docker/{DOCKER_ID}\n")
-    paths = runtimes.Paths(str(node.root / "proc"), str(node.root / "run"), str(node.root / "var"), str(node.root))
-    (web,) = runtimes.ProcBackend(paths).containers()
+    paths = discovery.Paths(str(node.root / "proc"), str(node.root / "run"), str(node.root / "var"), str(node.root))
+    (web,) = discovery.ProcBackend(paths).containers()
     assert (web.name, web.labels, web.network_mode, web.pid) == ("web", {"tier": "front"}, "bridge", 300)
-    given = runtimes.Paths(paths.proc_root, paths.run_root, paths.var_root, paths.host_root,
+    given = discovery.Paths(paths.proc_root, paths.run_root, paths.var_root, paths.host_root,
                            Dirs(docker=("/var/lib/docker",)))
-    (unnamed,) = runtimes.ProcBackend(given).containers()
+    (unnamed,) = discovery.ProcBackend(given).containers()
     assert unnamed.name == DOCKER_ID[:12]

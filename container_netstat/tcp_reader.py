@@ -29,8 +29,8 @@ import socket
 from dataclasses import dataclass
 from typing import AbstractSet, Callable, Iterator, List, Optional, Set, Tuple
 
-from container_netstat import connections, procnet, sockdiag
-from container_netstat.connections import TcpSocket, TcpSummary
+from container_netstat import tcp_summary, procnet, sockdiag
+from container_netstat.tcp_summary import TcpSocket, TcpSummary
 from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
 from container_netstat.procfs import ProcFS
 
@@ -180,7 +180,7 @@ class TcpReader:
     def read(self, pid: int) -> TcpReading:
         """The summary of one pid's namespace; ProcessGone if it went away meanwhile."""
         sockets, port_range, path = self._sockets(pid, TCP, EVERY)
-        return TcpReading(connections.summarize(sockets), port_range, path)
+        return TcpReading(tcp_summary.summarize(sockets), port_range, path)
 
     def sockets(self, pid: int, protocol: str = TCP, here: bool = False,
                 select: Optional[Selection] = None) -> Tuple[List[TcpSocket], str]:

@@ -10,12 +10,12 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from container_netstat import ondisk, runtimes
-from container_netstat.discovery import Container
-from container_netstat.ondisk import NodeFiles
+from container_netstat import node_files, discovery
+from container_netstat.docker_api import Container
+from container_netstat.node_files import NodeFiles
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
-from container_netstat.runtimes import Paths
+from container_netstat.discovery import Paths
 
 DOCKER_ID = "a" * 64
 SANDBOX_ID = "b" * 64
@@ -121,7 +121,7 @@ def by_id(containers: List[Container]) -> Dict[str, Container]:
 
 
 def test_scan_finds_every_container_process_and_nothing_else(host: Host) -> None:
-    found = runtimes.scan(ProcFS(host.paths.proc_root))
+    found = discovery.scan(ProcFS(host.paths.proc_root))
     assert sorted(found) == sorted([DOCKER_ID, SANDBOX_ID, APP_ID, CRIO_ID, PODMAN_ID])
     assert sorted(m.pid for m in found[DOCKER_ID]) == [120, 300, 301]
     assert found[CRIO_ID][0].owner.pod_uid == UID
@@ -129,16 +129,16 @@ def test_scan_finds_every_container_process_and_nothing_else(host: Host) -> None
 
 def test_init_is_the_member_whose_parent_is_outside(host: Host) -> None:
     proc = ProcFS(host.paths.proc_root)
-    assert runtimes.init_member(proc, runtimes.scan(proc)[DOCKER_ID]).pid == 300
+    assert discovery.init_member(proc, discovery.scan(proc)[DOCKER_ID]).pid == 300
 
 
 def test_vanished_process_is_skipped(host: Host) -> None:
     (host.root / "proc" / "77").mkdir()  # listed, but gone before its cgroup was read
-    assert DOCKER_ID in runtimes.scan(ProcFS(host.paths.proc_root))
+    assert DOCKER_ID in discovery.scan(ProcFS(host.paths.proc_root))
 
 
 def test_proc_backend_names_containers_from_node_files(host: Host) -> None:
-    got = by_id(runtimes.ProcBackend(host.paths).containers())
+    got = by_id(discovery.ProcBackend(host.paths).containers())
     assert len(got) == 5
     docker = got[DOCKER_ID]
     assert (docker.name, docker.network_mode, docker.labels["tier"], docker.pid) == ("web", "bridge", "front", 300)
@@ -157,7 +157,7 @@ def test_proc_backend_names_containers_from_node_files(host: Host) -> None:
 def test_unnamed_container_gets_its_short_id(host: Host) -> None:
     lone = "9" * 64
     host.process(700, v1(f"/docker/{lone}"))
-    got = by_id(runtimes.ProcBackend(host.paths).containers())
+    got = by_id(discovery.ProcBackend(host.paths).containers())
     assert got[lone].name == lone[:12] and got[lone].network_mode == "default"
 
 
@@ -167,7 +167,7 @@ def test_bundle_found_through_the_shim_working_directory(host: Host, tmp_path: P
     bundle = host.bundle(f"elsewhere/state/io.containerd.runtime.v2.task/cntest/{odd}", CRI_SANDBOX).parent
     host.process(809, v1("/system.slice/containerd.service"), cwd=bundle, comm="containerd-shim")
     host.process(810, v1(f"/kubepods/besteffort/pod{UID}/{odd}"), ppid=809)
-    got = by_id(runtimes.ProcBackend(host.paths).containers())
+    got = by_id(discovery.ProcBackend(host.paths).containers())
     assert got[odd].pod == ("shop", "web-7d4b9") and got[odd].is_sandbox
 
 
@@ -177,7 +177,7 @@ def test_only_a_containerd_shim_working_directory_is_taken_for_a_bundle(host: Ho
     elsewhere = host.bundle("home/someone/project", CRI_SANDBOX).parent
     host.process(819, v1("/libpod_parent/conmon"), cwd=elsewhere, comm="conmon")
     host.process(820, v1(f"/libpod_parent/libpod-{odd}"), ppid=819)
-    got = by_id(runtimes.ProcBackend(host.paths).containers())
+    got = by_id(discovery.ProcBackend(host.paths).containers())
     assert got[odd].pod is None and got[odd].name == odd[:12]
 
 
@@ -188,7 +188,7 @@ def test_kubelet_log_dirs_name_a_pod_without_annotations(host: Host) -> None:
     host.process(910, v1(f"/kubepods/pod{uid}/{LOGGED_ID}"))
     (host.root / f"var/log/pods/kube-system_coredns-5d78c_{uid}/coredns").mkdir(parents=True)
     host.file(f"var/log/containers/coredns-5d78c_kube-system_coredns-{LOGGED_ID}.log", "")
-    got = by_id(runtimes.ProcBackend(host.paths).containers())
+    got = by_id(discovery.ProcBackend(host.paths).containers())
     assert got[LOGGED_ID].name == "kube-system/coredns-5d78c/coredns"
     assert got[LOGGED_ID].pod == got[sandbox].pod == ("kube-system", "coredns-5d78c")
     assert got[sandbox].labels["io.kubernetes.container.name"] == "POD"
@@ -205,25 +205,25 @@ def test_known_pid_is_trusted_only_after_the_cgroup_check(host: Host) -> None:
 # --- ondisk parsers ---
 
 def test_docker_config_parser() -> None:
-    identity = ondisk.parse_docker_config(
+    identity = node_files.parse_docker_config(
         json.dumps({"Name": "/k8s_POD_web", "Config": {"Labels": {"io.kubernetes.docker.type": "podsandbox"}}}),
         json.dumps({"NetworkMode": "container:" + "f" * 64}),
     )
     assert identity is not None
     assert identity.name == "k8s_POD_web" and identity.network_mode == "container:" + "f" * 64
-    assert ondisk.parse_docker_config("{not json") is None
-    assert ondisk.parse_docker_config("[]") is None
+    assert node_files.parse_docker_config("{not json") is None
+    assert node_files.parse_docker_config("[]") is None
 
 
 def test_bundle_parser_keeps_annotations_and_adds_kubelet_labels() -> None:
-    identity = ondisk.parse_bundle_config(json.dumps({"annotations": CRI_APP}), APP_ID, "t")
+    identity = node_files.parse_bundle_config(json.dumps({"annotations": CRI_APP}), APP_ID, "t")
     assert identity is not None
     assert identity.labels["io.kubernetes.cri.container-name"] == "app"
     assert identity.labels["io.kubernetes.pod.namespace"] == "shop"
-    plain = ondisk.parse_bundle_config(json.dumps({"ociVersion": "1.0.2"}), APP_ID, "t")
+    plain = node_files.parse_bundle_config(json.dumps({"ociVersion": "1.0.2"}), APP_ID, "t")
     assert plain is not None and plain.name == APP_ID[:12] and plain.labels == {}
-    assert ondisk.parse_bundle_config("", APP_ID, "t") is None
-    broken = ondisk.parse_bundle_config(json.dumps({"annotations": {ondisk.CRIO_LABELS: "{"}}), APP_ID, "t")
+    assert node_files.parse_bundle_config("", APP_ID, "t") is None
+    broken = node_files.parse_bundle_config(json.dumps({"annotations": {node_files.CRIO_LABELS: "{"}}), APP_ID, "t")
     assert broken is not None and "io.kubernetes.pod.name" not in broken.labels
 
 
@@ -233,18 +233,18 @@ def test_bundle_parser_keeps_annotations_and_adds_kubelet_labels() -> None:
     ("a__b", None),
 ])
 def test_pod_dir_parser(name: str, expected: object) -> None:
-    assert ondisk.parse_pod_dir(name) == expected
+    assert node_files.parse_pod_dir(name) == expected
 
 
 def test_container_log_parser() -> None:
     name = f"web-7d4b9_shop_app-{APP_ID}.log"
-    assert ondisk.parse_container_log(name) == ("shop", "web-7d4b9", "app", APP_ID)
-    assert ondisk.parse_container_log("web_shop_app-123.log") is None
+    assert node_files.parse_container_log(name) == ("shop", "web-7d4b9", "app", APP_ID)
+    assert node_files.parse_container_log("web_shop_app-123.log") is None
 
 
 def test_storage_names_parser() -> None:
-    assert ondisk.parse_storage_names(json.dumps([{"id": "x", "names": ["n1", "n2"]}, {"id": "y"}])) == {"x": "n1"}
-    assert ondisk.parse_storage_names("{}") == {}
+    assert node_files.parse_storage_names(json.dumps([{"id": "x", "names": ["n1", "n2"]}, {"id": "y"}])) == {"x": "n1"}
+    assert node_files.parse_storage_names("{}") == {}
 
 
 def test_missing_roots_name_nothing(tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_missing_roots_name_nothing(tmp_path: Path) -> None:
 # --- choosing a backend ---
 
 def choose(runtime: str, env: Dict[str, str], present: tuple = (), docker_host: Optional[str] = None):  # type: ignore[no-untyped-def]
-    return runtimes.choose(runtime, env, 5.0, Paths(), docker_host, exists=lambda p: p in present)
+    return discovery.choose(runtime, env, 5.0, Paths(), docker_host, exists=lambda p: p in present)
 
 
 def test_auto_prefers_configured_docker() -> None:
@@ -266,12 +266,12 @@ def test_auto_prefers_configured_docker() -> None:
 
 
 def test_auto_picks_a_present_docker_socket_even_if_podman_is_there() -> None:
-    assert choose("auto", {}, (runtimes.DOCKER_SOCKET, runtimes.PODMAN_SOCKET)).name == "docker"
+    assert choose("auto", {}, (discovery.DOCKER_SOCKET, discovery.PODMAN_SOCKET)).name == "docker"
 
 
 def test_auto_picks_podman_by_socket_or_container_host() -> None:
-    backend = choose("auto", {}, (runtimes.PODMAN_SOCKET,))
-    assert backend.name == "podman" and backend.where == f"unix://{runtimes.PODMAN_SOCKET}"
+    backend = choose("auto", {}, (discovery.PODMAN_SOCKET,))
+    assert backend.name == "podman" and backend.where == f"unix://{discovery.PODMAN_SOCKET}"
     backend = choose("auto", {"CONTAINER_HOST": "unix:///run/user/1000/podman/podman.sock"})
     assert backend.name == "podman" and backend.where.endswith("/1000/podman/podman.sock")
 

@@ -15,7 +15,7 @@ the ones its processes hold. They come from the cgroup tree:
 
 The known pid must be among those found; if it is not (a cgroup namespace that hides
 the path, another layout), or no directory exists, the container's members come from
-one scan of ``/proc/*/cgroup`` (``runtimes.scan``), made at most once per run. The
+one scan of ``/proc/*/cgroup`` (``discovery.scan``), made at most once per run. The
 proc and podman backends have made that scan already and may hand it in as ``known``.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from container_netstat import cgroups, runtimes
+from container_netstat import cgroups, discovery
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.procfs import ProcFS
 
@@ -123,7 +123,7 @@ class MemberFinder:
 
     def _from_scan(self, container_id: str) -> List[int]:
         if self._scanned is None:
-            self._scanned = {cid: sorted(m.pid for m in members) for cid, members in runtimes.scan(self.proc).items()}
+            self._scanned = {cid: sorted(m.pid for m in members) for cid, members in discovery.scan(self.proc).items()}
         found = self._scanned.get(container_id)
         if not found:
             raise MembersUnknown(f"container {container_id[:12]}: no process found in its cgroup or in {self.proc.root}")

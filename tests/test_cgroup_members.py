@@ -11,7 +11,7 @@ import pytest
 
 from container_netstat import cgroups
 from container_netstat.errors import ProcessGone
-from container_netstat.members import MemberFinder, MembersUnknown, read_procs, walk
+from container_netstat.cgroup_members import MemberFinder, MembersUnknown, read_procs, walk
 from container_netstat.procfs import ProcFS
 
 ID = "3879b73a86c7680b932e27d864fa587667df096cff2163bf65aa5330d2ac889a"

@@ -6,7 +6,7 @@ the host's /run and /var (injectable, like the proc root). A file that is missin
 unreadable is not an error: the container is then named by its short id.
 
 Sources, tried in this order for each container id. The runtimes' directories are
-``dataroots.Dirs``: those of the running daemons, found by dataroots.py, else the defaults
+``runtime_dirs.Dirs``: those of the running daemons, found by runtime_dirs.py, else the defaults
 shown here (``<var>/lib/docker``, ``<run>/containerd``, ``<var>/lib/containers/storage``,
 ``<run>/containers/storage``).
 
@@ -47,10 +47,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat.cgroups import DOCKER, UNKNOWN
-from container_netstat.discovery import POD_NAME, POD_NAMESPACE, POD_UID
+from container_netstat.docker_api import POD_NAME, POD_NAMESPACE, POD_UID
 
 if TYPE_CHECKING:  # pragma: no cover
-    from container_netstat.dataroots import Dirs
+    from container_netstat.runtime_dirs import Dirs
 
 CONTAINER_NAME = "io.kubernetes.container.name"
 # containerd CRI annotations (pkg/cri/annotations/annotations.go)
@@ -208,7 +208,7 @@ class NodeFiles:
         self.proc_root = proc_root
         self.parent_of = parent_of
         if dirs is None:
-            from container_netstat.dataroots import DEFAULTS, HostView
+            from container_netstat.runtime_dirs import DEFAULTS, HostView
 
             dirs = HostView(run_root=run_root, var_root=var_root).localize(DEFAULTS)
         self.dirs = dirs

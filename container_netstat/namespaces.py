@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
-from container_netstat import connections, hostnet, procnet
-from container_netstat.discovery import POD_UID, Container
+from container_netstat import tcp_summary, hostnet, procnet
+from container_netstat.docker_api import POD_UID, Container
 from container_netstat.errors import ContainerNetstatError, ProcessGone
-from container_netstat.members import MemberFinder
-from container_netstat.netns import TcpReader, TcpReading
+from container_netstat.cgroup_members import MemberFinder
+from container_netstat.tcp_reader import TcpReader, TcpReading
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
 
@@ -30,7 +30,7 @@ HOST_PID = 1
 
 # What a run reads, by metric group: basic (sockstat, sockstat6, snmp), counters
 # (snmp, netstat), states (one sock_diag dump inside the namespace, else tcp and tcp6:
-# both walk the host-wide TCP hash table; see netns.py), hostnet (the fds of each
+# both walk the host-wide TCP hash table; see tcp_reader.py), hostnet (the fds of each
 # host-network container's processes, and one dump of the host's sockets: hostnet.py).
 BASIC, COUNTERS, STATES, HOSTNET = "basic", "counters", "states", "hostnet"
 GROUPS = (BASIC, COUNTERS, STATES, HOSTNET)
@@ -94,7 +94,7 @@ class Snapshot:
 class TcpPath:
     """How a run read TCP states: sock_diag inside each namespace, or /proc/<pid>/net/tcp{,6}."""
 
-    path: str  # netns.SOCK_DIAG or netns.PROC
+    path: str  # tcp_reader.SOCK_DIAG or tcp_reader.PROC
     reason: str  # why sock_diag is not used ("" when it is)
     read: bool  # False: sock_diag could not be used and the states, not asked for, were left out
     request: str  # the sock_diag request the kernel took: "legacy" (one walk) or "v2"
@@ -174,7 +174,7 @@ def read_netns(
     if STATES in groups:
         reader = tcp or TcpReader(proc)
         if _tcp_sockets(sockstat, sockstat6, proc.path(pid, "net", "sockstat")) == 0:
-            states = TcpReading(connections.empty(), None, reader.path, skipped=True)
+            states = TcpReading(tcp_summary.empty(), None, reader.path, skipped=True)
         else:
             states = reader.read(pid)
     if BASIC not in groups:
@@ -212,7 +212,7 @@ def collect(
 
     ``tcp`` reads TCP states (probed by the caller); one is made here if the group is asked
     for without it. ``scanned``: every pid of each container, where the discovery backend
-    has scanned them already (runtimes.py); ``fd_cap`` bounds the hostnet group's fd reads.
+    has scanned them already (discovery.py); ``fd_cap`` bounds the hostnet group's fd reads.
     """
     if STATES in groups and tcp is None:
         tcp = TcpReader(proc)

@@ -1,8 +1,8 @@
 """Where each running container runtime keeps the files that name its containers.
 
-``ondisk.NodeFiles`` names containers from files under a runtime's directories, which
+``node_files.NodeFiles`` names containers from files under a runtime's directories, which
 move when the runtime is told so. For every runtime daemon running on the host (found
-by ``/proc/<pid>/comm`` in the scan of ``runtimes.scan_node``), this module reads them
+by ``/proc/<pid>/comm`` in the scan of ``discovery.scan_node``), this module reads them
 the way the daemon resolves them: its command line, else its configuration file, else
 the built-in default.
 

@@ -1,0 +1,152 @@
+"""Running containers from the Docker Engine API: one ``GET /containers/json`` per run.
+
+The list call already carries names, labels and the network mode, so no container is
+inspected in the normal case (``containers.list()`` of the high-level SDK inspects
+every container: one request each). ``docker`` is imported only when a client is made.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+
+from container_netstat.errors import DockerUnavailable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import docker
+
+log = logging.getLogger(__name__)
+
+# Kubernetes (dockershim / cri-dockerd) labels: docs/facts.rst, "Shared network namespaces".
+POD_NAME = "io.kubernetes.pod.name"
+POD_NAMESPACE = "io.kubernetes.pod.namespace"
+POD_UID = "io.kubernetes.pod.uid"
+DOCKER_TYPE = "io.kubernetes.docker.type"
+# A pod's sandbox as containerd's CRI plugin and CRI-O mark it in the OCI annotations,
+# which the proc backend passes on as labels (node_files.py).
+SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
+
+
+@dataclass(frozen=True)
+class Container:
+    """A running container as the list call reports it."""
+
+    id: str
+    name: str
+    network_mode: str
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # A pid inside the container when the backend already knows one (discovery.py);
+    # the pid resolver still checks it against /proc/<pid>/cgroup.
+    pid: Optional[int] = field(default=None, compare=False)
+
+    @property
+    def joins(self) -> Optional[str]:
+        """The id or name of the container whose namespace this one joins, if any."""
+        if self.network_mode.startswith("container:"):
+            return self.network_mode.split(":", 1)[1]
+        return None
+
+    @property
+    def is_host_network(self) -> bool:
+        return self.network_mode == "host"
+
+    @property
+    def pod(self) -> Optional[tuple[str, str]]:
+        """(namespace, pod) for a Kubernetes container, else None."""
+        name, namespace = self.labels.get(POD_NAME), self.labels.get(POD_NAMESPACE)
+        return (namespace, name) if name and namespace else None
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.labels.get(DOCKER_TYPE) == "podsandbox" or any(
+            self.labels.get(key) == "sandbox" for key in SANDBOX_ANNOTATIONS
+        )
+
+
+def describe_docker_error(err: BaseException) -> str:
+    """A one-line reason for a failed Docker call, from the exception chain."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, PermissionError):
+            return "permission denied (run as root or as a member of the docker group)"
+        if isinstance(seen, FileNotFoundError):
+            return "no such socket (is dockerd running?)"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused (is dockerd running?)"
+        if isinstance(seen, TimeoutError) or "timed out" in str(seen).lower():
+            return "timed out"
+        seen = seen.__cause__ or seen.__context__
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:200]
+
+
+def connect(environment: Mapping[str, str], timeout: float) -> "docker.DockerClient":
+    """A client honouring DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH in ``environment``."""
+    import docker  # deferred: ~0.3 s of imports that --help does not need
+
+    try:
+        return docker.from_env(environment=dict(environment), timeout=timeout)
+    except docker.errors.DockerException as err:
+        raise DockerUnavailable(describe_docker_error(err)) from err
+
+
+def _name(raw: Mapping[str, Any]) -> str:
+    names: List[str] = [n.lstrip("/") for n in raw.get("Names") or []]
+    # A linked container also lists "other/alias" names; its own name has no "/".
+    plain = [n for n in names if "/" not in n]
+    return (plain or names or [raw["Id"][:12]])[0]
+
+
+def from_api(raw: Mapping[str, Any]) -> Container:
+    """Build a Container from one item of ``GET /containers/json``."""
+    return Container(
+        id=raw["Id"],
+        name=_name(raw),
+        network_mode=(raw.get("HostConfig") or {}).get("NetworkMode") or "default",
+        labels=dict(raw.get("Labels") or {}),
+    )
+
+
+def list_containers(client: "docker.DockerClient") -> List[Container]:
+    """The running containers, from one list call."""
+    import docker
+
+    try:
+        raw = client.api.containers()
+    except (docker.errors.DockerException, OSError) as err:
+        raise DockerUnavailable(describe_docker_error(err)) from err
+    except Exception as err:  # requests' errors when the socket dies mid-call
+        raise DockerUnavailable(describe_docker_error(err)) from err
+    return [from_api(item) for item in raw]
+
+
+def inspector(client: "docker.DockerClient"):  # type: ignore[no-untyped-def]
+    """A function id -> pid (None if the container is gone) for the pid fallback."""
+    import docker
+
+    def inspect(container_id: str) -> Optional[int]:
+        try:
+            state: Dict[str, Any] = client.api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:
+            log.debug("container %s: gone before inspect", container_id[:12])
+            return None
+        except Exception as err:
+            raise DockerUnavailable(describe_docker_error(err)) from err
+        pid = int(state.get("Pid") or 0)
+        return pid or None
+
+    return inspect
+
+
+def server_version(client: "docker.DockerClient") -> Dict[str, str]:
+    """The daemon's version and the API version in use (one ``GET /version``)."""
+    try:
+        info = client.api.version()
+    except Exception as err:
+        raise DockerUnavailable(describe_docker_error(err)) from err
+    return {
+        "server_version": str(info.get("Version", "")),
+        "api_version": str(client.api.api_version),
+        "server_api_version": str(info.get("ApiVersion", "")),
+    }
