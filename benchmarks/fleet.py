@@ -12,7 +12,8 @@ N counts running containers. Of them:
   the Kubernetes labels io.kubernetes.pod.name / .pod.namespace / .docker.type;
 - the rest in turn: a server (3 long-lived connections), a client (httpd plus short
   requests leaving TIME_WAIT), a mixed one (1 long-lived connection and a UDP socket)
-  and an idle one.
+  and an idle one (no socket at all). With ``--all-tcp`` the idle one is replaced by a
+  ``single`` one (1 long-lived connection), so that every namespace holds TCP sockets.
 Two more containers have exited. Every fifth standalone container is on a bridge
 network made for the fleet (at most 250 per network: a bridge holds 1023 ports), the
 others on ``--network none``. All traffic stays on 127.0.0.1 inside each container's
@@ -52,8 +53,11 @@ WORKLOADS: Dict[str, Dict[str, str]] = {
     "mixed": {"LONG": "1", "UDP": "1"},
     "pod-server": {"LONG": "2"},
     "pod-client": {"HTTP": "1", "UDP": "1"},
+    "single": {"LONG": "1"},
 }
 STANDALONE = ("server", "client", "mixed", "idle")
+# --all-tcp: no namespace without a TCP socket (the states group does not dump empty ones).
+STANDALONE_ALL_TCP = ("server", "client", "mixed", "single")
 
 
 @dataclass
@@ -69,8 +73,11 @@ class Spec:
     joins: Optional[str] = None  # name of the sandbox whose namespace it joins
 
 
-def plan(n: int, period: int = 10) -> List[Spec]:
-    """The containers of a fleet of ``n`` running ones, plus two exited ones."""
+def plan(n: int, period: int = 10, all_tcp: bool = False) -> List[Spec]:
+    """The containers of a fleet of ``n`` running ones, plus two exited ones.
+
+    With ``all_tcp`` every container network namespace holds TCP sockets (no idle role).
+    """
     if n < 10:
         raise SystemExit("fleet: N must be at least 10")
     specs: List[Spec] = [Spec(f"{PREFIX}host-{i}", "host", "host", command=IDLE) for i in range(2)]
@@ -93,8 +100,9 @@ def plan(n: int, period: int = 10) -> List[Spec]:
                                       "io.kubernetes.docker.type": "container"}))
     rest = n - len(specs)
     bridged = 0
+    roles = STANDALONE_ALL_TCP if all_tcp else STANDALONE
     for i in range(rest):
-        role = STANDALONE[i % len(STANDALONE)]
+        role = roles[i % len(roles)]
         network = "none"
         if i % 5 == 1:  # one in five, every role in turn
             network, bridged = _bridge(bridged), bridged + 1
@@ -178,15 +186,17 @@ def down(cli: Optional[docker.DockerClient] = None, workers: int = 4) -> int:
     return len(ids)
 
 
-def up(n: int, workers: int = 4, period: int = 10, quiet: bool = False, reuse: bool = False) -> float:
+def up(n: int, workers: int = 4, period: int = 10, quiet: bool = False, reuse: bool = False,
+       all_tcp: bool = False) -> float:
     """Replace any previous fleet with one of ``n`` running containers; returns seconds taken.
 
-    With ``reuse``, a fleet that already has exactly the planned containers running is kept.
+    With ``reuse``, a fleet that already has exactly the planned containers running is kept
+    (the roles are in the names: a fleet made with another ``all_tcp`` is not).
     """
     cli = client()
     start = time.monotonic()
     if reuse:
-        wanted = {s.name for s in plan(n, period) if s.role != "exited"}
+        wanted = {s.name for s in plan(n, period, all_tcp) if s.role != "exited"}
         running = {c["Names"][0].lstrip("/") for c in bench_containers(cli.api, stopped=False)}
         if running == wanted:
             _prepare_control_dir()
@@ -195,7 +205,7 @@ def up(n: int, workers: int = 4, period: int = 10, quiet: bool = False, reuse: b
     if removed and not quiet:
         print(f"fleet: removed {removed} old containers", file=sys.stderr)
     _prepare_control_dir()
-    specs = plan(n, period)
+    specs = plan(n, period, all_tcp)
     for net in sorted({s.network for s in specs if s.network.startswith(PREFIX)}):
         cli.api.create_network(net, driver="bridge", labels={LABEL: "1"})
     ids: Dict[str, str] = {}
@@ -245,13 +255,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     p_up.add_argument("--workers", type=int, default=4, help="containers created at once (default 4)")
     p_up.add_argument("--period", type=int, default=10, help="seconds between request rounds (default 10)")
     p_up.add_argument("--reuse", action="store_true", help="keep a fleet that already has these containers")
+    p_up.add_argument("--all-tcp", action="store_true",
+                      help="no idle containers: every network namespace holds TCP sockets")
     sub.add_parser("down", help="remove every benchmark container and network")
     sub.add_parser("status", help="count benchmark containers by role and state")
     p_mode = sub.add_parser("mode", help="set the request loop's mode")
     p_mode.add_argument("mode", choices=["run", "hold", "burst"])
     args = parser.parse_args(argv)
     if args.command == "up":
-        up(args.n, args.workers, args.period, reuse=args.reuse)
+        up(args.n, args.workers, args.period, reuse=args.reuse, all_tcp=args.all_tcp)
     elif args.command == "down":
         print(f"fleet: removed {down()} containers", file=sys.stderr)
     elif args.command == "status":

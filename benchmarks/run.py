@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                          # N = 30 and 300, 20 rounds each
     python benchmarks/run.py --sizes 30,300,600 --json benchmarks/results/run.json
+    python benchmarks/run.py --compare-states --sizes 300 --json benchmarks/results/states-300.json
 
 For each N: bring up the fleet (``fleet.py``), check that the three collectors give the
 same numbers for every benchmark namespace while the fleet's traffic is held still,
@@ -14,6 +15,12 @@ so the daemon's figure is a mean over the rounds (the highest fifth dropped: oth
 clients of the daemon only ever add to it), less its background rate measured the same
 way over a ``sleep`` run in every round. The fleet is removed at the end unless
 ``--keep``.
+
+``--compare-states`` times the package against itself instead: the default run (TCP
+states by sock_diag), ``--metrics basic,counters`` (no states), and the same two without
+CAP_SYS_ADMIN (``setpriv``), where ``--tcp-states`` reads them from
+``/proc/<pid>/net/tcp{,6}``. The states part of each path is its run with states less its
+run without, round by round.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import fleet
 
@@ -52,6 +59,25 @@ def collectors(tool: Optional[str] = None) -> Dict[str, List[str]]:
         "container-netstat": tool.split() if tool else tool_command(),
         "naive": [sys.executable, os.path.join(HERE, "naive.py")],
         "floor": [sys.executable, os.path.join(HERE, "floor.py")],
+    }
+
+
+# Without CAP_SYS_ADMIN setns is refused (kernel/nsproxy.c), so the package reads TCP states
+# from /proc/<pid>/net/tcp{,6}; dropped from the bounding and inheritable sets, root's exec
+# does not get it back (capabilities(7), "Transformation of capabilities during execve()").
+NO_SYS_ADMIN = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"]
+DEFAULT, BASIC_COUNTERS, PROC_STATES, PROC_BASIC_COUNTERS = (
+    "default", "basic,counters", "proc-states", "proc basic,counters")
+
+
+def state_collectors(tool: Optional[str] = None) -> Dict[str, List[str]]:
+    """--compare-states: the package with and without states, by each path."""
+    base = tool.split() if tool else tool_command()
+    return {
+        DEFAULT: base,
+        BASIC_COUNTERS: [*base, "--metrics", "basic,counters"],
+        PROC_STATES: [*NO_SYS_ADMIN, *base, "--tcp-states"],
+        PROC_BASIC_COUNTERS: [*NO_SYS_ADMIN, *base, "--metrics", "basic,counters"],
     }
 
 
@@ -180,6 +206,12 @@ def bench_series(path: str) -> Dict[Tuple[str, str], int]:
     }
 
 
+# "sockets: used" counts every socket of the namespace (net/core/sock.c ``sock_inuse_add``),
+# the NETLINK_SOCK_DIAG socket of any reader inside it at that moment included: another
+# collector's run on a shared host adds one now and then. Listed apart, never a failure.
+PERTURBED = ("container.net.sockets.used",)
+
+
 def check(commands: Dict[str, List[str]], dockerd: int, workdir: str, log) -> Dict[str, object]:
     """Hold the fleet's traffic still, then compare every collector's numbers exactly."""
     log("check: holding traffic for 62 s so that TIME_WAIT drains")
@@ -188,7 +220,8 @@ def check(commands: Dict[str, List[str]], dockerd: int, workdir: str, log) -> Di
     fleet.write_mode("burst")
     time.sleep(4)  # clients poll the mode every second, then make one round of requests
     outputs: Dict[str, Dict[Tuple[str, str], int]] = {}
-    order = ["container-netstat", *[c for c in commands if c != "container-netstat"], "container-netstat"]
+    first = next(iter(commands))
+    order = [first, *[c for c in commands if c != first], first]
     for i, name in enumerate(order):
         path = os.path.join(workdir, f"check-{i}-{name}.json")
         timed(commands[name], dockerd, path)
@@ -198,80 +231,160 @@ def check(commands: Dict[str, List[str]], dockerd: int, workdir: str, log) -> Di
     for i, name in enumerate(order):
         with open(os.path.join(workdir, f"check-{i}-{name}.json.err"), errors="replace") as f:
             diagnostics += [f"{name}#{i}: {line.rstrip()}" for line in f if line.strip()][:10]
-    # Compare the metrics every collector emits; a metric only some emit is listed, not compared
-    # (the package may grow opt-in groups that the comparison collectors do not read).
-    names = [{metric for metric, _ in series} for series in outputs.values()]
-    common = set.intersection(*names)
-    one_sided = sorted(set.union(*names) - common)
-    kept = {label: {k: v for k, v in series.items() if k[0] in common} for label, series in outputs.items()}
-    reference = kept["container-netstat#0"]
+    # Compare each output with the first on the metrics both emit; a metric only some emit is
+    # listed (the comparison collectors read fewer groups; /proc has no backlog or port range).
+    names = {label: {metric for metric, _ in series} for label, series in outputs.items()}
+    reference_label = f"{first}#0"
+    full = outputs[reference_label]
+    common = set.intersection(*names.values())
+    one_sided = sorted(set.union(*names.values()) - common)
     mismatches: List[str] = []
-    for label, series in kept.items():
-        for key in sorted(set(reference) | set(series)):
-            if reference.get(key) != series.get(key):
-                mismatches.append(f"{label}: {key[0]} {key[1]}: {series.get(key)} != {reference.get(key)}")
-    namespaces = {tags for _, tags in reference}
-    nonzero_tw = sum(1 for (metric, _), v in reference.items() if metric.endswith("tcp.timewait") and v)
+    perturbed: List[str] = []
+    compared = 0
+    for label, series in outputs.items():
+        both = names[label] & names[reference_label]
+        theirs = {k: v for k, v in series.items() if k[0] in both}
+        ours = {k: v for k, v in full.items() if k[0] in both}
+        compared = max(compared, len(ours))
+        for key in sorted(set(ours) | set(theirs)):
+            if ours.get(key) != theirs.get(key):
+                line = f"{label}: {key[0]} {key[1]}: {theirs.get(key)} != {ours.get(key)}"
+                (perturbed if key[0] in PERTURBED else mismatches).append(line)
+    namespaces = {tags for _, tags in full}
+    nonzero_tw = sum(1 for (metric, _), v in full.items() if metric.endswith("tcp.timewait") and v)
     result = {
         "namespaces": len(namespaces),
-        "series": len(reference),
+        "series": compared,
         "metrics": len(common),
         "namespaces_with_timewait": nonzero_tw,
         "not_compared": one_sided,
         "mismatches": mismatches,
+        "perturbed": perturbed,
         "stderr": diagnostics,
-        "equal": not mismatches and len(reference) > 0,
+        "equal": not mismatches and compared > 0,
     }
-    log(f"check: {len(namespaces)} namespaces, {len(common)} metrics, {len(reference)} series, "
+    log(f"check: {len(namespaces)} namespaces, {len(common)} metrics in every output, {compared} series, "
         f"{nonzero_tw} with TIME_WAIT; {'all equal' if result['equal'] else f'{len(mismatches)} MISMATCHES'}")
     if one_sided:
-        log(f"check: emitted by only some collectors, not compared: {', '.join(one_sided)}")
+        log(f"check: emitted by only some collectors, compared where two emit them: {', '.join(one_sided)}")
+    if perturbed:
+        log(f"check: {len(perturbed)} differences in {', '.join(PERTURBED)} (another process's socket "
+            "inside the namespace at that moment), not counted")
     for line in mismatches[:10] + (diagnostics if mismatches else []):
         log("  " + line)
     return result
 
 
 def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workdir: str,
-          do_check: bool, settle: float, log, reuse: bool = False) -> Dict[str, object]:
-    log(f"N={n}: bringing up the fleet")
-    took = fleet.up(n, quiet=True, reuse=reuse)
+          do_check: bool, settle: float, log, reuse: bool = False, startup: bool = True,
+          all_tcp: bool = False) -> Dict[str, object]:
+    log(f"N={n}: bringing up the fleet{' (--all-tcp)' if all_tcp else ''}")
+    took = fleet.up(n, quiet=True, reuse=reuse, all_tcp=all_tcp)
     log(f"N={n}: fleet up in {took:.0f} s")
     checked = check(commands, dockerd, workdir, log) if do_check else None
-    commands = {**commands, **STARTUP, **IDLE}
+    commands = {**commands, **(STARTUP if startup else {}), **IDLE}
     log(f"N={n}: letting traffic run for {settle:.0f} s")
     time.sleep(settle)
     for name, command in commands.items():  # warm the page cache and .pyc files
         timed(command, dockerd, os.devnull)
-    load_before = _loadavg()
+    load_before, table_before = _loadavg(), tcp_table()
     names = list(commands)
     results: Dict[str, List[Run]] = {name: [] for name in names}
+    tables: List[Dict[str, int]] = []  # the host's TCP table before each round (other work changes it)
     for r in range(runs):
+        tables.append(tcp_table())
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             results[name].append(timed(commands[name], dockerd, os.path.join(workdir, f"{name}.json")))
     idle = idle_rate(results[next(iter(IDLE))])
     summaries = [summarize(name, n, results[name], idle) for name in names]
     load = (load_before + _loadavg()) / 2
+    table_after = tcp_table()
     log(f"N={n}: load average {load:.2f} while timing (2 cores; the fleet and anything else running count)")
-    listed = _listed(os.path.join(workdir, "container-netstat.json"))
+    log(f"N={n}: the host's TCP table ({table_after['buckets']} buckets) held "
+        f"{table_before['inuse']} + {table_before['timewait']} TIME_WAIT sockets before timing, "
+        f"{table_after['inuse']} + {table_after['timewait']} after, over {table_after['namespaces']} namespaces")
+    first = os.path.join(workdir, f"{names[0]}.json")
+    listed = _listed(first)
     for s in summaries:
         log(f"N={n} {s.collector:20s} wall {s.wall_median * 1000:7.0f} ms  cpu {s.cpu_median * 1000:7.0f} ms  "
             f"rss {s.rss_median_mib:5.1f} MiB  dockerd {s.dockerd_ms_per_run:6.1f} ms/run  exit {s.exit_codes}")
+    tcp = tcp_namespaces(first)
+    if tcp["namespaces"]:
+        log(f"N={n}: {tcp['namespaces']} benchmark namespaces, {tcp['dumped']} with TCP sockets (dumped), "
+            f"{tcp['empty']} without (not dumped)")
     return {
         "n": n,
+        "all_tcp": all_tcp,
         "listed": listed,
+        "tcp_namespaces": tcp,
         "fleet_up_s": round(took, 1),
         "dockerd_idle_ticks_per_s": idle,
         "loadavg_1min": round(load, 2),
+        "tcp_table": {"before": table_before, "after": table_after, "rounds": tables},
         "check": checked,
         "summaries": [asdict(s) for s in summaries],
         "runs": {name: [asdict(r) for r in rs] for name, rs in results.items()},
     }
 
 
+def tcp_table() -> Dict[str, int]:
+    """TCP sockets of every network namespace on the host, by sockstat: what a dump walks.
+
+    Every namespace that has no table of its own (``net.ipv4.tcp_child_ehash_entries``,
+    kernel 6.1 and later) shares the host's, and a sock_diag dump or a read of
+    /proc/<pid>/net/tcp walks all of it, every namespace's sockets included
+    (net/ipv4/tcp_diag.c ``tcp_diag_dump``, net/ipv4/tcp_ipv4.c ``established_get_first``).
+    """
+    seen = set()
+    inuse = timewait = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ino = os.stat(f"/proc/{entry}/ns/net").st_ino
+            if ino in seen:
+                continue
+            seen.add(ino)
+            for name, proto in (("sockstat", "TCP:"), ("sockstat6", "TCP6:")):
+                try:
+                    with open(f"/proc/{entry}/net/{name}") as f:
+                        for line in f:
+                            if line.startswith(proto):
+                                fields = line.split()
+                                values = dict(zip(fields[1::2], map(int, fields[2::2])))
+                                inuse += values.get("inuse", 0)
+                                timewait += values.get("tw", 0)
+                except FileNotFoundError:
+                    pass
+        except (OSError, ValueError):
+            continue
+    with open("/proc/sys/net/ipv4/tcp_ehash_entries") as f:
+        buckets = int(f.read())
+    return {"namespaces": len(seen), "inuse": inuse, "timewait": timewait, "buckets": buckets}
+
+
 def _loadavg() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
+
+
+def tcp_namespaces(path: str) -> Dict[str, int]:
+    """The fleet's namespaces in one output, and how many hold a TCP socket by sockstat.
+
+    The states group dumps only those (tcp.inuse, which counts TCP and TCP6, plus tcp.timewait > 0; collect.py),
+    so the others cost it nothing. Needs the basic group in the output.
+    """
+    try:
+        series = bench_series(path)
+    except (OSError, ValueError):
+        return {"namespaces": 0, "dumped": 0, "empty": 0}
+    sockets: Dict[str, int] = {}
+    for (metric, tags), value in series.items():
+        if metric.endswith((".tcp.inuse", ".tcp.timewait")):
+            sockets[tags] = sockets.get(tags, 0) + value
+    dumped = sum(1 for v in sockets.values() if v)
+    return {"namespaces": len(sockets), "dumped": dumped, "empty": len(sockets) - dumped}
 
 
 def _listed(path: str) -> Optional[int]:
@@ -346,6 +459,44 @@ def targets(results: List[Dict[str, object]], at: int = 300, base: int = 30) -> 
     return _grid(rows)
 
 
+def paired(result: Dict[str, Any], with_: str, without: str, key: str) -> float:
+    """The median, over the rounds, of one collector's figure less another's in the same round."""
+    runs = result["runs"]
+    return float(statistics.median(a[key] - b[key] for a, b in zip(runs[with_], runs[without])))
+
+
+def state_targets(results: List[Dict[str, Any]]) -> str:
+    """--compare-states: the default run against basic,counters, and the states part by each path."""
+    rows: List[Tuple[str, ...]] = [("target", "figure", "met")]
+
+    def row(name: str, figure: str, ok: Optional[bool]) -> None:
+        rows.append((name, figure, "-" if ok is None else "yes" if ok else "NO"))
+
+    for res in results:
+        n = res["listed"] or res["n"]
+        at = f"N={n}{' all-tcp' if res.get('all_tcp') else ''}"
+        by = {s["collector"]: s for s in res["summaries"]}
+        ours, base = by[DEFAULT], by[BASIC_COUNTERS]
+        for what, key in (("wall", "wall_median"), ("CPU", "cpu_median")):
+            ratio = ours[key] / base[key]
+            row(f"{at}: default {what} <= 1.5x basic,counters", f"{ratio:.2f}x", ratio <= 1.5)
+        tcp = res.get("tcp_namespaces") or {}
+        dumped = tcp.get("dumped") or 0
+        for what, key in (("wall", "wall"), ("CPU", "cpu")):
+            diag = paired(res, DEFAULT, BASIC_COUNTERS, key)
+            proc = paired(res, PROC_STATES, PROC_BASIC_COUNTERS, key)
+            ratio = proc / diag if diag > 0 else math.inf
+            row(f"{at}: states part, {what}: /proc {proc * 1000:.0f} ms / sock_diag {diag * 1000:.0f} ms >= 4x",
+                f"{ratio:.1f}x", ratio >= 4)
+            if dumped:
+                row(f"  per dumped namespace ({dumped}), {what}: sock_diag / /proc",
+                    f"{diag / dumped * 1000:.2f} / {proc / dumped * 1000:.2f} ms", None)
+        row(f"{at}: peak RSS, default / basic,counters / proc-states",
+            f"{ours['rss_median_mib']:.1f} / {base['rss_median_mib']:.1f} / {by[PROC_STATES]['rss_median_mib']:.1f} MiB",
+            None)
+    return _grid(rows)
+
+
 def _grid(rows: List[Tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -366,12 +517,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--keep", action="store_true", help="leave the last fleet running")
     parser.add_argument("--reuse", action="store_true", help="keep a running fleet of the right size")
     parser.add_argument("--json", metavar="FILE", help="write every run's figures to FILE")
+    parser.add_argument("--compare-states", action="store_true",
+                        help="time the default run against --metrics basic,counters, and both without "
+                        "CAP_SYS_ADMIN (TCP states from /proc), instead of naive and floor")
+    parser.add_argument("--all-tcp", action="store_true",
+                        help="a fleet without idle containers: every namespace holds TCP sockets")
     parser.add_argument("--tool", metavar="CMD",
                         help="the command to time (default: container-netstat collect --dry-run, "
                         "installed beside this interpreter)")
     args = parser.parse_args(argv)
     if not os.path.exists(TIME):
         raise SystemExit(f"run.py: {TIME} is missing (Debian package 'time')")
+    if args.compare_states and not shutil.which(NO_SYS_ADMIN[0]):
+        raise SystemExit(f"run.py: {NO_SYS_ADMIN[0]} is missing (Debian package 'util-linux')")
     if os.geteuid() != 0:
         print("run.py: not root: the floor cannot read the runtime's pid files", file=sys.stderr)
 
@@ -382,13 +540,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     # even when PYTHONDONTWRITEBYTECODE is set.
     compileall.compile_dir(HERE, quiet=1, maxlevels=0)
     sizes = [int(s) for s in args.sizes.split(",")]
-    commands = collectors(args.tool)
+    commands = state_collectors(args.tool) if args.compare_states else collectors(args.tool)
     dockerd = dockerd_pid()
     workdir = tempfile.mkdtemp(prefix="cnbench-")
     results: List[Dict[str, object]] = []
     try:
         for n in sizes:
-            results.append(bench(n, args.runs, commands, dockerd, workdir, args.check, args.settle, log, args.reuse))
+            results.append(bench(n, args.runs, commands, dockerd, workdir, args.check, args.settle, log, args.reuse,
+                                 startup=not args.compare_states, all_tcp=args.all_tcp))
             if args.json:
                 _save(args.json, results, commands)
     finally:
@@ -396,7 +555,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             log(f"removed {fleet.down()} benchmark containers")
         shutil.rmtree(workdir, ignore_errors=True)
     print(table(results))
-    print(targets(results))
+    print(state_targets(results) if args.compare_states else targets(results))
     checks = [r["check"] for r in results if r["check"] is not None]
     if checks and not all(c["equal"] for c in checks):  # type: ignore[index]
         raise SystemExit("run.py: the collectors disagree (see above)")
