@@ -18,6 +18,8 @@ import click
 
 from container_netstat import __version__
 
+from container_netstat import kernel_scopes
+
 if TYPE_CHECKING:
     from container_netstat.runtime_dirs import Dirs
     from container_netstat.metrics import Sample
@@ -97,13 +99,20 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def _parse_scopes(values: Tuple[str, ...]) -> Dict[str, str]:
+def _parse_scopes(ctx: click.Context, param: click.Parameter, values: Tuple[str, ...]) -> Dict[str, str]:
+    """--field-scope FIELD=SCOPE pairs, checked before any work is done."""
+    from container_netstat.errors import ContainerNetstatError
+
     scopes: Dict[str, str] = {}
     for value in values:
         name, sep, scope = value.partition("=")
         if not sep:
-            raise click.BadParameter(f"{value!r}: expected FIELD=netns or FIELD=host", param_hint="--field-scope")
+            raise click.BadParameter(f"{value!r}: expected FIELD=netns or FIELD=host")
         scopes[name.strip()] = scope.strip()
+    try:
+        kernel_scopes.check_overrides(scopes)
+    except ContainerNetstatError as err:
+        raise click.BadParameter(str(err)) from err
     return scopes
 
 
@@ -182,7 +191,7 @@ def _source_options(f: F) -> F:
                      help="A runtime's directory on the host, instead of the ones --runtime proc finds from the "
                      "running daemons: docker=DATA-ROOT, containerd=STATE, graphroot=PATH or runroot=PATH "
                      "(containers/storage: CRI-O, Podman). Repeatable."),
-        click.option("--field-scope", "field_scopes", multiple=True, metavar="FIELD=netns|host",
+        click.option("--field-scope", "field_scopes", multiple=True, metavar="FIELD=netns|host", callback=_parse_scopes,
                      help="Override whether a kernel-dependent sockstat field (tw, sockets_used) is per "
                      "network namespace on this kernel (for backports). Repeatable."),
     ]
@@ -246,7 +255,7 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
         containers = filters.select(backend.containers(), include, exclude)
         resolver = PidResolver(proc, source.cgroup_root, source.run_root, inspect=backend.inspector())
         snapshot = collecting.collect(containers, resolver, proc, groups, tcp, backend.members, fd_cap)
-        scopes = metrics.field_scopes(snapshot.host.kernel_release, overrides)
+        scopes = kernel_scopes.field_scopes(snapshot.host.kernel_release, overrides)
     except DockerUnavailable as err:
         raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {_redact(backend.where)}: {err}")
     except ContainerNetstatError as err:
@@ -324,7 +333,7 @@ def collect(
     var_root: str,
     host_root: str,
     runtime_dir: "Optional[Dirs]",
-    field_scopes: Tuple[str, ...],
+    field_scopes: Dict[str, str],
     endpoint: Optional[str],
     step: int,
     metric_groups: str,
@@ -355,7 +364,7 @@ def collect(
     finish_by = time.monotonic() + deadline
     gc.disable()  # one short run that makes no reference cycles worth collecting: ~11 ms at 300 containers
     _setup_logging(log_level)
-    overrides = _parse_scopes(field_scopes)
+    overrides = field_scopes
     groups = _parse_groups(metric_groups or DEFAULT_METRICS) | ({"states"} if tcp_states else set())
     printed = output_format or ("json" if dry_run else None)
     sort_states = printed == "table" and sort_by in ("close_wait", "listen_fill")
@@ -517,7 +526,7 @@ def doctor(
     var_root: str,
     host_root: str,
     runtime_dir: "Optional[Dirs]",
-    field_scopes: Tuple[str, ...],
+    field_scopes: Dict[str, str],
     output_format: str,
     log_level: str,
 ) -> None:
@@ -534,7 +543,7 @@ def doctor(
     _setup_logging(log_level)
     source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
                      runtime_dir)
-    backend, snapshot, scopes = _take_snapshot(source, _parse_scopes(field_scopes), {"basic", "states", "hostnet"},
+    backend, snapshot, scopes = _take_snapshot(source, field_scopes, {"basic", "states", "hostnet"},
                                                states_asked=False)
     unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None
     where = _redact(backend.where)

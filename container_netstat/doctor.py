@@ -5,16 +5,8 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 from container_netstat.namespaces import Snapshot
-from container_netstat.metrics import (
-    HOST,
-    HOST_METRICS,
-    HOSTNET_METRICS,
-    NETNS_METRICS,
-    PORT_RANGE_SCOPE,
-    PREFIX,
-    SCOPE_TABLE,
-    kernel_version,
-)
+from container_netstat.kernel_scopes import HOST, PORT_RANGE_SCOPE, SCOPE_TABLE, kernel_version
+from container_netstat.metrics import HOST_METRICS, HOSTNET_METRICS, NETNS_METRICS, PREFIX
 
 NOT_ATTRIBUTABLE = (
     "TIME_WAIT sockets, request sockets (SYN_RECV) and orphans have inode 0: no process holds them, "

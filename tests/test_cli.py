@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
 from click.testing import CliRunner
 
 from container_netstat import cli
@@ -19,6 +23,20 @@ def test_bad_field_scope_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli.main, ["collect", "--dry-run", "--field-scope", "tw"])
     assert result.exit_code == 2
     assert "expected FIELD=netns or FIELD=host" in result.output
+
+
+@pytest.mark.parametrize("command", ["collect", "doctor"])
+@pytest.mark.parametrize("value, why", [("tw=pod", "bad scope override tw=pod"),
+                                        ("orphan=netns", "bad scope override orphan=netns")])
+def test_an_unknown_field_or_scope_is_a_usage_error_before_any_work(command: str, value: str, why: str) -> None:
+    # A Docker address nobody answers on: reaching it would be exit 3, so exit 2 means
+    # the value was refused before anything was collected.
+    args = [command, "--field-scope", value, "--docker-host", "unix:///nonexistent/never-asked.sock"]
+    result = subprocess.run([sys.executable, "-m", "container_netstat", *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert why in result.stderr and "never-asked" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_bad_step_is_a_usage_error() -> None:

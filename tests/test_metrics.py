@@ -8,6 +8,8 @@ from typing import Dict
 import pytest
 
 from container_netstat import tcp_summary, metrics, procnet
+
+from container_netstat import kernel_scopes
 from container_netstat.tcp_reader import PROC, TcpReading
 from container_netstat.namespaces import HostStats, NetnsStats, Readings, Snapshot
 from container_netstat.docker_api import Container
@@ -61,23 +63,23 @@ def _values(samples) -> Dict[str, int]:
     ],
 )
 def test_scope_table(release: str, tw: str, sockets: str) -> None:
-    assert metrics.field_scopes(release) == {"tw": tw, "sockets_used": sockets}
+    assert kernel_scopes.field_scopes(release) == {"tw": tw, "sockets_used": sockets}
 
 
 def test_scope_override_for_backports() -> None:
     # e.g. a 3.10 distribution kernel with the tw change backported
-    assert metrics.field_scopes("3.10.0", {"tw": "netns"}) == {"tw": "netns", "sockets_used": "host"}
-    assert metrics.field_scopes("6.1.0", {"sockets_used": "host"})["sockets_used"] == "host"
+    assert kernel_scopes.field_scopes("3.10.0", {"tw": "netns"}) == {"tw": "netns", "sockets_used": "host"}
+    assert kernel_scopes.field_scopes("6.1.0", {"sockets_used": "host"})["sockets_used"] == "host"
     with pytest.raises(ContainerNetstatError, match="bad scope override"):
-        metrics.field_scopes("6.1.0", {"orphan": "netns"})
+        kernel_scopes.field_scopes("6.1.0", {"orphan": "netns"})
     with pytest.raises(ContainerNetstatError, match="bad scope override"):
-        metrics.field_scopes("6.1.0", {"tw": "pod"})
+        kernel_scopes.field_scopes("6.1.0", {"tw": "pod"})
 
 
 def test_six_values_this_kernel_server_fixture() -> None:
     # 5 held connections: 5 client + 5 accepted sockets ESTABLISHED; the listener is
     # AF_INET6 and the accepted IPv4 clients count under TCP6.
-    scopes = metrics.field_scopes("6.18.44")
+    scopes = kernel_scopes.field_scopes("6.18.44")
     values = _values(metrics.netns_samples(_ns("linux-6.18-server"), scopes, {"basic"}))
     assert values == {
         "tcp.established": 10,
@@ -89,7 +91,7 @@ def test_six_values_this_kernel_server_fixture() -> None:
 
 
 def test_old_kernel_leaves_host_wide_fields_out_of_containers() -> None:
-    scopes = metrics.field_scopes("2.6.32")
+    scopes = kernel_scopes.field_scopes("2.6.32")
     ns_values = _values(metrics.netns_samples(_ns("pcp-rhel6-bigsys"), scopes, {"basic"}))
     assert set(ns_values) == {"tcp.established", "tcp.inuse", "udp.inuse"}
     host_values = _values(metrics.host_samples(_host("pcp-rhel6-bigsys", "2.6.32"), scopes))
@@ -98,7 +100,7 @@ def test_old_kernel_leaves_host_wide_fields_out_of_containers() -> None:
 
 
 def test_seed_host_values_are_host_metrics_only() -> None:
-    scopes = metrics.field_scopes("3.10.0")
+    scopes = kernel_scopes.field_scopes("3.10.0")
     host = metrics.host_samples(_host("seed", "3.10.0"), scopes)
     assert _values(host) == {
         "host.tcp.orphan": 96,
@@ -112,21 +114,21 @@ def test_seed_host_values_are_host_metrics_only() -> None:
 
 
 def test_modern_kernel_host_metrics_are_only_the_global_ones() -> None:
-    scopes = metrics.field_scopes("6.18.44")
+    scopes = kernel_scopes.field_scopes("6.18.44")
     host = _values(metrics.host_samples(_host("linux-6.18-host", "6.18.44"), scopes))
     assert set(host) == {"host.tcp.orphan", "host.tcp.alloc", "host.tcp.mem", "host.udp.mem"}
 
 
 def test_no_container_ever_carries_orphan_alloc_or_mem() -> None:
     for release in ("2.6.32", "4.14", "6.18"):
-        for sample in metrics.netns_samples(_ns("linux-6.18-server"), metrics.field_scopes(release), BASIC_COUNTERS):
+        for sample in metrics.netns_samples(_ns("linux-6.18-server"), kernel_scopes.field_scopes(release), BASIC_COUNTERS):
             assert not any(word in sample.metric for word in ("orphan", "alloc", "mem"))
 
 
 def test_missing_sockstat6_counts_as_no_ipv6_sockets() -> None:
     ns = _ns("linux-6.18-server")
     ns = NetnsStats(**{**ns.__dict__, "readings": Readings(sockstat=ns.readings.sockstat, snmp=ns.readings.snmp)})
-    values = _values(metrics.netns_samples(ns, metrics.field_scopes("6.18"), {"basic"}))
+    values = _values(metrics.netns_samples(ns, kernel_scopes.field_scopes("6.18"), {"basic"}))
     assert values["tcp.inuse"] == 5 and values["udp.inuse"] == 2
 
 
@@ -136,7 +138,7 @@ def test_snapshot_counts_a_namespace_missing_a_field_as_failed(caplog) -> None:
                         "tags": (("container", "bad"),),
                         "owner": Container("b" * 64, "bad", "default")})
     snap = Snapshot(_host("linux-6.18-host", "6.18"), (good, bad), 3, (), (), ())
-    samples, failed = metrics.snapshot_samples(snap, metrics.field_scopes("6.18"), BASIC_COUNTERS)
+    samples, failed = metrics.snapshot_samples(snap, kernel_scopes.field_scopes("6.18"), BASIC_COUNTERS)
     assert [name for name, _ in failed] == ["bad"]
     assert "missing field Tcp: CurrEstab" in caplog.text
     values = {(s.metric, s.tags): s.value for s in samples}
@@ -148,7 +150,7 @@ def test_snapshot_counts_a_namespace_missing_a_field_as_failed(caplog) -> None:
 
 def test_counters_are_counter_items_by_name() -> None:
     values = {s.metric[len(metrics.PREFIX):]: s for s in
-              metrics.netns_samples(_ns("linux-6.18-server"), metrics.field_scopes("6.18"), {"counters"})}
+              metrics.netns_samples(_ns("linux-6.18-server"), kernel_scopes.field_scopes("6.18"), {"counters"})}
     assert values["tcp.active_opens"].value == 16 and values["tcp.active_opens"].counter_type == "COUNTER"
     assert values["tcp.passive_opens"].value == 16
     assert "tcp.listen_overflows" in values and "udp.no_ports" in values
@@ -158,7 +160,7 @@ def test_counters_are_counter_items_by_name() -> None:
 @pytest.mark.parametrize("folder", ["pcp-rhel6-bigsys", "node_exporter", "procfs-26231", "go-sysinfo-fedora30",
                                     "datadog", "oshi", "linux-6.18-server"])
 def test_counters_on_older_kernels_skip_missing_fields(folder: str) -> None:
-    samples = metrics.netns_samples(_ns_snmp_netstat(folder), metrics.field_scopes("6.18"), {"counters"})
+    samples = metrics.netns_samples(_ns_snmp_netstat(folder), kernel_scopes.field_scopes("6.18"), {"counters"})
     names = {s.metric for s in samples}
     assert metrics.PREFIX + "tcp.retrans_segs" in names
     assert metrics.PREFIX + "tcp.listen_overflows" in names
@@ -169,7 +171,7 @@ def test_udp_counters_absent_before_rcvbuf_errors_are_skipped() -> None:
     ns = _ns_snmp_netstat("pcp-rhel6-bigsys")
     udp = ns.readings.snmp["Udp"]
     del udp["RcvbufErrors"]
-    names = {s.metric for s in metrics.netns_samples(ns, metrics.field_scopes("6.18"), {"counters"})}
+    names = {s.metric for s in metrics.netns_samples(ns, kernel_scopes.field_scopes("6.18"), {"counters"})}
     assert metrics.PREFIX + "udp.rcvbuf_errors" not in names
     assert metrics.PREFIX + "udp.in_errors" in names
 
@@ -189,7 +191,7 @@ def test_tcp_states_and_per_namespace_orphans() -> None:
     reading = TcpReading(tcp_summary.summarize(sockets), None, PROC)
     ns = NetnsStats(owner=Container("a" * 64, "web", "default"), members=("web",), pid=1, key=1,
                     tags=(("container", "web"),), readings=Readings(tcp=reading))
-    values = _values(metrics.netns_samples(ns, metrics.field_scopes("6.18"), {"states"}))
+    values = _values(metrics.netns_samples(ns, kernel_scopes.field_scopes("6.18"), {"states"}))
     # The /proc path has no backlog and no port range: those two percentages are left out.
     assert values.pop("tcp.listen.queue_max") == 0  # one listener, nothing queued
     assert values.pop("tcp.ports.peer_max") == 7  # 3 ESTABLISHED, 2 FIN_WAIT2, 2 TIME_WAIT to 127.0.0.1:8080
