@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Callable, Dict, List
 
-from container_netstat import runtime_dirs, discovery
+from container_netstat import runtime_dirs
 from container_netstat.procfs import ProcFS
 
 

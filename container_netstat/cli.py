@@ -22,7 +22,7 @@ from container_netstat import kernel_scopes
 
 if TYPE_CHECKING:
     from container_netstat.runtime_dirs import Dirs
-    from container_netstat.metrics import Sample
+    from container_netstat.records import Sample
     from container_netstat.push import Outcome
     from container_netstat.spool import Spool
 
@@ -222,7 +222,7 @@ def _tcp_reader(proc: Any, groups: "set[str]", states_asked: bool) -> Any:
     times a run without states, so there it is used only when asked for. Whether a
     container's ns file opens is confirmed by collect, on the first namespace.
     """
-    from container_netstat.namespaces import STATES
+    from container_netstat.metrics import STATES
     from container_netstat.tcp_reader import TcpReader
 
     if STATES not in groups:
@@ -241,7 +241,7 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
     give them.
     """
     from container_netstat import namespaces as collecting
-    from container_netstat import filters, metrics, discovery
+    from container_netstat import filters, discovery
     from container_netstat.errors import ContainerNetstatError, DockerUnavailable
     from container_netstat.pids import PidResolver
     from container_netstat.procfs import ProcFS

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from container_netstat import cgroups, docker_api
-from container_netstat.docker_api import Container
+from container_netstat.records import Container
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.node_files import NodeFiles
 from container_netstat.procfs import ProcFS

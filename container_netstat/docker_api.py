@@ -8,61 +8,15 @@ every container: one request each). ``docker`` is imported only when a client is
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from container_netstat.errors import DockerUnavailable
+from container_netstat.records import Container
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
 
 log = logging.getLogger(__name__)
-
-# Kubernetes (dockershim / cri-dockerd) labels: docs/facts.rst, "Shared network namespaces".
-POD_NAME = "io.kubernetes.pod.name"
-POD_NAMESPACE = "io.kubernetes.pod.namespace"
-POD_UID = "io.kubernetes.pod.uid"
-DOCKER_TYPE = "io.kubernetes.docker.type"
-# A pod's sandbox as containerd's CRI plugin and CRI-O mark it in the OCI annotations,
-# which the proc backend passes on as labels (node_files.py).
-SANDBOX_ANNOTATIONS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
-
-
-@dataclass(frozen=True)
-class Container:
-    """A running container as the list call reports it."""
-
-    id: str
-    name: str
-    network_mode: str
-    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
-    # A pid inside the container when the backend already knows one (discovery.py);
-    # the pid resolver still checks it against /proc/<pid>/cgroup.
-    pid: Optional[int] = field(default=None, compare=False)
-
-    @property
-    def joins(self) -> Optional[str]:
-        """The id or name of the container whose namespace this one joins, if any."""
-        if self.network_mode.startswith("container:"):
-            return self.network_mode.split(":", 1)[1]
-        return None
-
-    @property
-    def is_host_network(self) -> bool:
-        return self.network_mode == "host"
-
-    @property
-    def pod(self) -> Optional[tuple[str, str]]:
-        """(namespace, pod) for a Kubernetes container, else None."""
-        name, namespace = self.labels.get(POD_NAME), self.labels.get(POD_NAMESPACE)
-        return (namespace, name) if name and namespace else None
-
-    @property
-    def is_sandbox(self) -> bool:
-        return self.labels.get(DOCKER_TYPE) == "podsandbox" or any(
-            self.labels.get(key) == "sandbox" for key in SANDBOX_ANNOTATIONS
-        )
-
 
 def describe_docker_error(err: BaseException) -> str:
     """A one-line reason for a failed Docker call, from the exception chain."""

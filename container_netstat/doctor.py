@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional
 
-from container_netstat.namespaces import Snapshot
+from container_netstat.records import Snapshot
 from container_netstat.kernel_scopes import HOST, PORT_RANGE_SCOPE, SCOPE_TABLE, kernel_version
 from container_netstat.metrics import HOST_METRICS, HOSTNET_METRICS, NETNS_METRICS, PREFIX
 

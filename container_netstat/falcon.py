@@ -19,8 +19,8 @@ import re
 from functools import lru_cache
 from typing import Any, Dict, Iterable, Iterator, List
 
-from container_netstat.namespaces import Tags
-from container_netstat.metrics import Sample
+from container_netstat.records import Tags
+from container_netstat.records import Sample
 
 MAX_FIELD_BYTES = 255
 MAX_TAG_VALUE = 64

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import List, Sequence
 
-from container_netstat.docker_api import Container
+from container_netstat.records import Container
 
 
 def matches(container: Container, pattern: str) -> bool:

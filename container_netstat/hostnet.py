@@ -44,17 +44,17 @@ from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Option
 
 from container_netstat import tcp_summary, sockdiag
 from container_netstat.tcp_summary import TcpSocket, TcpSummary
-from container_netstat.docker_api import Container
+from container_netstat.records import Container
 from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
 from container_netstat.cgroup_members import MemberFinder
 from container_netstat.tcp_reader import TCP, UDP, Selection, TcpReader
 from container_netstat.procfs import ProcFS
+from container_netstat.records import Tags
 
 log = logging.getLogger(__name__)
 
 FD_CAP = 65536  # open fds per process
 TIME_WAIT = 6
-Tags = Tuple[Tuple[str, str], ...]
 OWN_NETNS = "/proc/thread-self/net/sockstat"  # this thread's namespace, as ProcFS.netns_key sees one
 
 

@@ -7,44 +7,30 @@ A metric whose field is per namespace only on some kernels names that field
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
-from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import AbstractSet, Callable, List, Mapping, Optional, Tuple
 
 from container_netstat import procnet
 from container_netstat.tcp_summary import NEAR_FULL_PERCENT, STATE_NAMES, TcpSummary
 from container_netstat.hostnet import Figures, GroupStats
 from container_netstat.tcp_reader import SOCK_DIAG
-from container_netstat.namespaces import (
-    BASIC,
-    COUNTERS,
-    DEFAULT_GROUPS,
-    HOSTNET,
-    STATES,
-    HostStats,
-    NetnsStats,
-    Readings,
-    Snapshot,
-    Tags,
-)
+from container_netstat.records import HostStats, NetnsStats, Readings, Sample, Snapshot
 from container_netstat.errors import ContainerNetstatError, ParseError
 from container_netstat.kernel_scopes import HOST, NETNS
 
 log = logging.getLogger(__name__)
 
+# What a run reads, by metric group: basic (sockstat, sockstat6, snmp), counters
+# (snmp, netstat), states (one sock_diag dump inside the namespace, else tcp and tcp6:
+# both walk the host-wide TCP hash table; see tcp_reader.py), hostnet (the fds of each
+# host-network container's processes, and one dump of the host's sockets: hostnet.py).
+BASIC, COUNTERS, STATES, HOSTNET = "basic", "counters", "states", "hostnet"
+GROUPS = (BASIC, COUNTERS, STATES, HOSTNET)
+DEFAULT_GROUPS = frozenset({BASIC, COUNTERS, STATES})
+
 PREFIX = "container.net."
 GAUGE = "GAUGE"
 COUNTER = "COUNTER"
-
-@dataclass(frozen=True)
-class Sample:
-    """One value to emit; tags are raw here and sanitized by each output format."""
-
-    metric: str
-    value: int
-    counter_type: str
-    tags: Tags = ()
-
 
 # A value, or None where the namespace has none (no listener; no backlog or port range
 # on the /proc path): the sample is then left out, never reported as 0.

@@ -12,94 +12,27 @@ One container that cannot be read never fails the run: it is counted instead.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from container_netstat import tcp_summary, hostnet, procnet
-from container_netstat.docker_api import POD_UID, Container
-from container_netstat.errors import ContainerNetstatError, ProcessGone
 from container_netstat.cgroup_members import MemberFinder
-from container_netstat.tcp_reader import TcpReader, TcpReading
+from container_netstat.errors import ContainerNetstatError, ProcessGone
+from container_netstat.kubernetes import POD_UID
+from container_netstat.metrics import DEFAULT_GROUPS, HOSTNET, STATES, BASIC, COUNTERS
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
+from container_netstat.records import Container, HostStats, NetnsStats, Readings, Snapshot, Tags, TcpPath, TcpReading
+from container_netstat.tcp_reader import TcpReader
 
 log = logging.getLogger(__name__)
 
-Tags = Tuple[Tuple[str, str], ...]
 HOST_PID = 1
 
-# What a run reads, by metric group: basic (sockstat, sockstat6, snmp), counters
-# (snmp, netstat), states (one sock_diag dump inside the namespace, else tcp and tcp6:
-# both walk the host-wide TCP hash table; see tcp_reader.py), hostnet (the fds of each
-# host-network container's processes, and one dump of the host's sockets: hostnet.py).
-BASIC, COUNTERS, STATES, HOSTNET = "basic", "counters", "states", "hostnet"
-GROUPS = (BASIC, COUNTERS, STATES, HOSTNET)
-DEFAULT_GROUPS = frozenset({BASIC, COUNTERS, STATES})
 # The sections the metric catalogue reads; the rest of snmp/netstat (Ip, Icmp, IpExt,
 # MPTcpExt: hundreds of fields) is dropped at once, not kept for every namespace.
 SNMP_SECTIONS = ("Tcp", "Udp")
 NETSTAT_SECTIONS = ("TcpExt",)
-
-
-@dataclass(frozen=True)
-class Readings:
-    """What was read from one namespace, by file; empty where the groups did not ask."""
-
-    sockstat: procnet.Sections = field(default_factory=dict)
-    sockstat6: procnet.Sections = field(default_factory=dict)
-    snmp: procnet.Sections = field(default_factory=dict)
-    netstat: procnet.Sections = field(default_factory=dict)
-    tcp: Optional[TcpReading] = None
-
-
-@dataclass(frozen=True)
-class NetnsStats:
-    """The raw readings of one container network namespace."""
-
-    owner: Container
-    members: Tuple[str, ...]
-    pid: int
-    key: int
-    tags: Tags
-    readings: Readings
-
-
-@dataclass(frozen=True)
-class HostStats:
-    """The host's sockstat (host-wide fields are read here, once) and its kernel."""
-
-    kernel_release: str
-    key: int
-    sockstat: procnet.Sections
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything one run read, and what it could not."""
-
-    host: HostStats
-    namespaces: Tuple[NetnsStats, ...]
-    containers: int
-    gone: Tuple[str, ...]
-    failed: Tuple[Tuple[str, str], ...]  # (container name, reason)
-    host_network: Tuple[str, ...]
-    pid_sources: Mapping[str, str] = field(default_factory=dict)  # container name -> source
-    tcp_path: Optional["TcpPath"] = None  # how TCP states were read; None without the group
-    groups: AbstractSet[str] = DEFAULT_GROUPS  # the metric groups read (states may have been left out)
-    host_joined: Tuple[Tuple[str, str], ...] = ()  # (container, the host-network container it joins)
-    hostnet: Optional[hostnet.Report] = None  # host-network containers' own sockets; None without the group
-
-
-@dataclass(frozen=True)
-class TcpPath:
-    """How a run read TCP states: sock_diag inside each namespace, or /proc/<pid>/net/tcp{,6}."""
-
-    path: str  # tcp_reader.SOCK_DIAG or tcp_reader.PROC
-    reason: str  # why sock_diag is not used ("" when it is)
-    read: bool  # False: sock_diag could not be used and the states, not asked for, were left out
-    request: str  # the sock_diag request the kernel took: "legacy" (one walk) or "v2"
-    proc_fallbacks: Tuple[str, ...] = ()  # why single namespaces were read from /proc
-    skipped_empty: int = 0  # namespaces without a TCP socket: zeros, not dumped
 
 
 def identity_tags(members: Sequence[Container], owner: Container) -> Tags:

@@ -42,34 +42,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat.cgroups import DOCKER, UNKNOWN
-from container_netstat.docker_api import POD_NAME, POD_NAMESPACE, POD_UID
+from container_netstat.kubernetes import POD_NAME, POD_NAMESPACE, POD_UID
+from container_netstat import kubernetes
 
 if TYPE_CHECKING:  # pragma: no cover
     from container_netstat.runtime_dirs import Dirs
 
-CONTAINER_NAME = "io.kubernetes.container.name"
-# containerd CRI annotations (pkg/cri/annotations/annotations.go)
-CRI_TYPE = "io.kubernetes.cri.container-type"
-CRI_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
-CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
-CRI_SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
-CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
-# CRI-O annotations (pkg/annotations/annotations.go)
-CRIO_TYPE = "io.kubernetes.cri-o.ContainerType"
-CRIO_LABELS = "io.kubernetes.cri-o.Labels"
-SANDBOX = "sandbox"
-
 _CONTAINERD_TASKS = "io.containerd.runtime.v2.task"
 _STORAGE_SUFFIX = "-containers"  # containers/storage's <driver>-containers directories
-# <pod>_<namespace>_<container>-<id>.log; Kubernetes names hold no "_" (DNS-1123)
-_CONTAINER_LOG = re.compile(r"(?P<pod>[^_]+)_(?P<namespace>[^_]+)_(?P<container>[^_]+)-(?P<id>[0-9a-f]{64})\.log")
-
-
 @dataclass(frozen=True)
 class Identity:
     """What the node's files say about one container."""
@@ -103,37 +87,6 @@ def parse_docker_config(config_text: str, hostconfig_text: str = "") -> Optional
     )
 
 
-def kubernetes_labels(annotations: Mapping[str, str]) -> Dict[str, str]:
-    """The kubelet's labels (pod name, namespace, uid, container name) from OCI annotations."""
-    labels: Dict[str, str] = {}
-    crio = _json(annotations.get(CRIO_LABELS, "")) if CRIO_LABELS in annotations else None
-    if isinstance(crio, dict):
-        labels.update({str(k): str(v) for k, v in crio.items()})
-    for key, annotation in (
-        (POD_NAME, CRI_SANDBOX_NAME),
-        (POD_NAMESPACE, CRI_SANDBOX_NAMESPACE),
-        (POD_UID, CRI_SANDBOX_UID),
-        (CONTAINER_NAME, CRI_CONTAINER_NAME),
-    ):
-        if annotations.get(annotation):
-            labels.setdefault(key, annotations[annotation])
-    if is_sandbox(annotations):
-        labels.setdefault(CONTAINER_NAME, "POD")
-    return labels
-
-
-def is_sandbox(annotations: Mapping[str, str]) -> bool:
-    """True for a pod's sandbox ("pause") container, by containerd's or CRI-O's annotation."""
-    return annotations.get(CRI_TYPE) == SANDBOX or annotations.get(CRIO_TYPE) == SANDBOX
-
-
-def _k8s_name(labels: Mapping[str, str], fallback: str) -> str:
-    pod, namespace = labels.get(POD_NAME), labels.get(POD_NAMESPACE)
-    if pod and namespace:
-        return f"{namespace}/{pod}/{labels.get(CONTAINER_NAME) or fallback}"
-    return fallback
-
-
 def parse_bundle_config(text: str, container_id: str, source: str) -> Optional[Identity]:
     """An OCI bundle's config.json -> its annotations, plus the kubelet labels they carry."""
     config = _json(text)
@@ -141,8 +94,8 @@ def parse_bundle_config(text: str, container_id: str, source: str) -> Optional[I
         return None
     raw = config.get("annotations") or {}
     annotations = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-    labels = {**annotations, **kubernetes_labels(annotations)}
-    return Identity(name=_k8s_name(labels, container_id[:12]), labels=labels, source=source)
+    labels = {**annotations, **kubernetes.kubernetes_labels(annotations)}
+    return Identity(name=kubernetes.container_name(labels, container_id[:12]), labels=labels, source=source)
 
 
 def parse_storage_names(text: str) -> Dict[str, str]:
@@ -155,20 +108,6 @@ def parse_storage_names(text: str) -> Dict[str, str]:
         for e in entries
         if isinstance(e, dict) and e.get("id") and e.get("names")
     }
-
-
-def parse_pod_dir(name: str) -> Optional[Tuple[str, str, str]]:
-    """``<namespace>_<pod>_<uid>`` (a /var/log/pods entry) -> (namespace, pod, uid)."""
-    parts = name.split("_")
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
-
-
-def parse_container_log(name: str) -> Optional[Tuple[str, str, str, str]]:
-    """``<pod>_<namespace>_<container>-<id>.log`` -> (namespace, pod, container, id)."""
-    match = _CONTAINER_LOG.fullmatch(name)
-    if not match:
-        return None
-    return match.group("namespace"), match.group("pod"), match.group("container"), match.group("id")
 
 
 def _read(path: str) -> Optional[str]:
@@ -275,7 +214,7 @@ class NodeFiles:
         if self._pods is None:
             self._pods = {}
             for entry in _listdir(os.path.join(self.var_root, "log", "pods")):
-                parsed = parse_pod_dir(entry)
+                parsed = kubernetes.parse_pod_dir(entry)
                 if parsed:
                     self._pods[parsed[2]] = (parsed[0], parsed[1])
         return self._pods.get(pod_uid)
@@ -285,7 +224,7 @@ class NodeFiles:
         if self._logs is None:
             self._logs = {}
             for entry in _listdir(os.path.join(self.var_root, "log", "containers")):
-                parsed = parse_container_log(entry)
+                parsed = kubernetes.parse_container_log(entry)
                 if parsed:
                     self._logs[parsed[3]] = parsed[:3]
         return self._logs.get(container_id)
@@ -301,10 +240,10 @@ class NodeFiles:
                 return None
             # A pod's sandbox writes no log: a container of a known pod without one is it.
             (namespace, pod), container = found, "POD"
-        labels = {POD_NAMESPACE: namespace, POD_NAME: pod, CONTAINER_NAME: container}
+        labels = {POD_NAMESPACE: namespace, POD_NAME: pod, kubernetes.CONTAINER_NAME: container}
         if pod_uid:
             labels[POD_UID] = pod_uid
-        return Identity(name=_k8s_name(labels, container_id[:12]), labels=labels, source="kubelet log dirs")
+        return Identity(name=kubernetes.container_name(labels, container_id[:12]), labels=labels, source="kubelet log dirs")
 
     def identify(self, container_id: str, runtime: str, pod_uid: str = "", pid: Optional[int] = None) -> Identity:
         """Everything the node's files say about a container; its short id if nothing does.

@@ -30,7 +30,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from container_netstat import metrics
 from container_netstat.errors import ContainerNetstatError
-from container_netstat.metrics import Sample
+from container_netstat.records import Sample
 
 log = logging.getLogger(__name__)
 

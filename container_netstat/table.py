@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from container_netstat.metrics import PREFIX, Sample
+from container_netstat.metrics import PREFIX
+from container_netstat.records import Sample
 
 WIDTH = 80
 MIN_NAME = 16

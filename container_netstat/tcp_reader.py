@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import AbstractSet, Callable, Iterator, List, Optional, Set, Tuple
 
 from container_netstat import tcp_summary, procnet, sockdiag
-from container_netstat.tcp_summary import TcpSocket, TcpSummary
+from container_netstat.tcp_summary import TcpSocket
 from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
 from container_netstat.procfs import ProcFS
+from container_netstat.records import TcpReading
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,6 @@ def _libc_setns() -> Callable[[int, int], None]:
             raise OSError(code, os.strerror(code))
 
     return setns
-
-
-@dataclass(frozen=True)
-class TcpReading:
-    """One namespace's TCP sockets, summarized, and how they were read."""
-
-    summary: TcpSummary
-    port_range: Optional[int]  # ephemeral ports of the namespace; None from /proc
-    path: str  # SOCK_DIAG or PROC
-    skipped: bool = False  # not dumped: sockstat showed no TCP socket at all
 
 
 class _Home:

@@ -11,7 +11,8 @@ from typing import Dict, List, Optional
 import pytest
 
 from container_netstat import node_files, discovery
-from container_netstat.docker_api import Container
+from container_netstat import kubernetes
+from container_netstat.records import Container
 from container_netstat.node_files import NodeFiles
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
@@ -223,7 +224,7 @@ def test_bundle_parser_keeps_annotations_and_adds_kubelet_labels() -> None:
     plain = node_files.parse_bundle_config(json.dumps({"ociVersion": "1.0.2"}), APP_ID, "t")
     assert plain is not None and plain.name == APP_ID[:12] and plain.labels == {}
     assert node_files.parse_bundle_config("", APP_ID, "t") is None
-    broken = node_files.parse_bundle_config(json.dumps({"annotations": {node_files.CRIO_LABELS: "{"}}), APP_ID, "t")
+    broken = node_files.parse_bundle_config(json.dumps({"annotations": {kubernetes.CRIO_LABELS: "{"}}), APP_ID, "t")
     assert broken is not None and "io.kubernetes.pod.name" not in broken.labels
 
 
@@ -233,13 +234,13 @@ def test_bundle_parser_keeps_annotations_and_adds_kubelet_labels() -> None:
     ("a__b", None),
 ])
 def test_pod_dir_parser(name: str, expected: object) -> None:
-    assert node_files.parse_pod_dir(name) == expected
+    assert kubernetes.parse_pod_dir(name) == expected
 
 
 def test_container_log_parser() -> None:
     name = f"web-7d4b9_shop_app-{APP_ID}.log"
-    assert node_files.parse_container_log(name) == ("shop", "web-7d4b9", "app", APP_ID)
-    assert node_files.parse_container_log("web_shop_app-123.log") is None
+    assert kubernetes.parse_container_log(name) == ("shop", "web-7d4b9", "app", APP_ID)
+    assert kubernetes.parse_container_log("web_shop_app-123.log") is None
 
 
 def test_storage_names_parser() -> None:

@@ -8,7 +8,7 @@ from typing import Dict
 import pytest
 
 from container_netstat import falcon
-from container_netstat.metrics import Sample
+from container_netstat.records import Sample
 
 HOSTILE = [
     "web,pod=evil",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from container_netstat.docker_api import Container
+from container_netstat.records import Container
 from container_netstat.filters import matches, select
 
 WEB = Container("a" * 64, "web-1", "default", {"app": "web", "query": "a=b=c", "team": "x"})

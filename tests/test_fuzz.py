@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from container_netstat import falcon, procnet
 from container_netstat.errors import ParseError
-from container_netstat.metrics import NETNS_METRICS, PREFIX, Sample
+from container_netstat.metrics import NETNS_METRICS, PREFIX
+from container_netstat.records import Sample
 
 from conftest import PROC_NET
 from test_falcon import transfer_tags

@@ -21,7 +21,7 @@ import pytest
 
 from container_netstat import hostnet, tcp_reader
 from container_netstat.tcp_summary import TcpSocket
-from container_netstat.docker_api import Container
+from container_netstat.records import Container
 from container_netstat.errors import ProcessGone
 from container_netstat.hostnet import FdCapExceeded, FdsNotPermitted, Group, socket_inodes
 from container_netstat.cgroup_members import MemberFinder

@@ -8,9 +8,11 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from container_netstat import cli, tcp_summary, doctor, metrics, prometheus, table
-from container_netstat.namespaces import HOSTNET, HostStats, Snapshot
+from container_netstat import records
+from container_netstat.metrics import HOSTNET
+from container_netstat.records import HostStats, Snapshot
 from container_netstat.tcp_summary import TcpSocket
-from container_netstat.docker_api import Container
+from container_netstat.records import Container
 from container_netstat.hostnet import Figures, GroupStats, Report, attribute, index
 from container_netstat.tcp_reader import SOCK_DIAG
 
@@ -79,10 +81,10 @@ def test_table_section() -> None:
     samples, _ = metrics.snapshot_samples(snapshot(REPORT), {"tw": "netns", "sockets_used": "netns"},
                                           {"basic", HOSTNET})
     web = (("container", "web-1"),)
-    samples += [metrics.Sample("container.net.tcp.established", 3, metrics.GAUGE, web),
-                metrics.Sample("container.net.tcp.inuse", 10, metrics.GAUGE, web),
-                metrics.Sample("container.net.udp.inuse", 1, metrics.GAUGE, web),
-                metrics.Sample("container.net.tcp.timewait", 200, metrics.GAUGE, web)]
+    samples += [records.Sample("container.net.tcp.established", 3, metrics.GAUGE, web),
+                records.Sample("container.net.tcp.inuse", 10, metrics.GAUGE, web),
+                records.Sample("container.net.udp.inuse", 1, metrics.GAUGE, web),
+                records.Sample("container.net.tcp.timewait", 200, metrics.GAUGE, web)]
     assert table.render(samples) == """\
 NAME               ESTAB  INUSE  TIME_WAIT  UDP  CLOSE_WAIT  LISTEN_FILL
 web-1                  3     10        200    1           -            -

@@ -10,9 +10,10 @@ import pytest
 from container_netstat import tcp_summary, metrics, procnet
 
 from container_netstat import kernel_scopes
-from container_netstat.tcp_reader import PROC, TcpReading
-from container_netstat.namespaces import HostStats, NetnsStats, Readings, Snapshot
-from container_netstat.docker_api import Container
+from container_netstat.tcp_reader import PROC
+from container_netstat.records import TcpReading
+from container_netstat.records import HostStats, NetnsStats, Readings, Snapshot
+from container_netstat.records import Container
 from container_netstat.errors import ContainerNetstatError
 
 from conftest import PROC_NET

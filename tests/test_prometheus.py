@@ -18,7 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from container_netstat import metrics, prometheus
-from container_netstat.metrics import COUNTER, GAUGE, Sample
+from container_netstat.metrics import COUNTER, GAUGE
+from container_netstat.records import Sample
 from container_netstat.prometheus import TextfileError, render, write_textfile
 
 from conftest import unavailable

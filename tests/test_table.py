@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from container_netstat import cli, table
-from container_netstat.metrics import COUNTER, GAUGE, Sample
+from container_netstat.metrics import COUNTER, GAUGE
+from container_netstat.records import Sample
 
 Tags = Tuple[Tuple[str, str], ...]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -15,7 +15,7 @@ import pytest
 
 from container_netstat import namespaces as collecting
 from container_netstat import docker_api
-from container_netstat.namespaces import DEFAULT_GROUPS
+from container_netstat.metrics import DEFAULT_GROUPS
 from container_netstat.metrics import NETNS_METRICS
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS

@@ -22,7 +22,7 @@ import pytest
 from conftest import in_netns, pid_of, unavailable
 from container_netstat import tcp_reader, sockdiag
 from container_netstat.namespaces import collect as collect_snapshot
-from container_netstat.docker_api import Container
+from container_netstat.records import Container
 from container_netstat.errors import ParseError, ProcessGone
 from container_netstat.metrics import GAUGE, NETNS_METRICS
 from container_netstat.pids import PidResolver
