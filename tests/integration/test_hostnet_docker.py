@@ -323,7 +323,7 @@ import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", {port})); s.listen(4)
 from container_netstat.cli import main
-main(["collect", "--dry-run", "--metrics", "basic,hostnet", "--include", "{include}"])
+main(["collect", "--dry-run", "--metrics", "basic,hostnet", "--include", "{include}", "--log-level", "info"])
 """
 
 
@@ -349,6 +349,8 @@ def test_the_collector_in_a_host_network_container_reports_itself(run_container:
     out = collector.logs(stdout=True, stderr=False).decode()
     assert status["StatusCode"] == 0, collector.logs(stdout=False, stderr=True).decode()
     got = by_tags(json.loads(out))
+    why = collector.logs(stdout=False, stderr=True).decode()
+    assert f"container={collector.name}" in got and f"container={held.name}" in got, (sorted(got), why)
     own = got[f"container={collector.name}"]
     assert (own["hostnet.tcp.state.listen"], own["hostnet.tcp.inuse"], own["hostnet.tcp.state.established"]) == (1, 1, 0)
     assert got[f"container={held.name}"] == expected(pids_of(held))

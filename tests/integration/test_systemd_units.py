@@ -293,7 +293,8 @@ def test_the_service_command_in_the_units_sandbox_pushes_a_containers_numbers(
     assert "TCP states: sock_diag inside each network namespace" in result.stderr
     assert got["tcp.state.listen"] == 1 and "tcp.listen.fill_max_pct" in got and "tcp.ports.pressure_pct" in got
     assert receiver.invalid() == [] and receiver.problems() == []
-    assert sorted(p.name for p in spool_dir.iterdir()) == ["lock"]
+    # the lock, and the agent's name kept for the next run (agent.py)
+    assert sorted(p.name for p in spool_dir.iterdir()) == ["agent-hostname", "lock"]
 
 
 def test_the_units_one_capability_names_a_containerd_pod_through_its_shim(
@@ -302,8 +303,10 @@ def test_the_units_one_capability_names_a_containerd_pod_through_its_shim(
     """CAP_SYS_PTRACE is what reads /proc/<shim>/cwd; without it the pod is a short id."""
     pods.pod("shop", "sd-cart-0", ["cart"])
     short_id = pods.started[0][:12]  # the pod's sandbox
-    # default --run-root /run: this containerd's state is not under /run/containerd
-    args = ["--dry-run", "--runtime", "proc", "--include", f"{short_id}*"]
+    # Its state directory is kept from the tool (found from the daemon's --config otherwise),
+    # so that the shim's working directory is the one way to the bundle.
+    args = ["--dry-run", "--runtime", "proc", "--runtime-dir", "containerd=/nonexistent/state",
+            "--include", f"{short_id}*"]
     kept = tags_of(sandboxed(tmp_path, [*args, "--include", "io.kubernetes.cri.sandbox-name=sd-cart-0"], {}))
     assert kept == ["", "namespace=shop,pod=sd-cart-0"]
     none = tags_of(sandboxed(tmp_path, args, {}, caps=""))
