@@ -1,29 +1,35 @@
-"""Command line: options, environment variables, logging and exit codes live here only."""
+"""Command line: options, environment variables, logging set-up and exit codes live here only.
+
+Each command turns its options into settings (settings.py), runs below (run.py, outputs.py)
+and turns what happened into one of the exit codes below.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import logging
 import os
-import re
 import shutil
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import click
 
-from container_netstat import __version__
+from container_netstat import __version__, discovery, kernel_scopes, metrics, push, table, units
+from container_netstat.diagnostics import FORMAT, OneLineFormatter, redact
+from container_netstat.settings import Delivery, HostPaths, Settings
+from container_netstat.spool import Bounds
 
-from container_netstat import kernel_scopes
-
-if TYPE_CHECKING:
-    from container_netstat.runtime_dirs import Dirs
-    from container_netstat.records import Sample
+if TYPE_CHECKING:  # pragma: no cover
+    from container_netstat.outputs import Output, PushOutput
     from container_netstat.push import Outcome
+    from container_netstat.records import Snapshot
+    from container_netstat.runtime_dirs import Dirs
     from container_netstat.spool import Spool
 
 log = logging.getLogger("container_netstat")
@@ -41,59 +47,28 @@ EXIT_LOST = 8  # items neither delivered nor kept: spool unwritable, or over its
 
 ENV_PREFIX = "CONTAINER_NETSTAT"
 OUTPUT_FORMATS = ("json", "prometheus", "table")
-SORT_COLUMNS = ("name", "estab", "inuse", "time_wait", "udp", "close_wait", "listen_fill")  # table.SORT_KEYS
-DEFAULT_FALCON_URL = "http://127.0.0.1:1988/v1/push"
-
-
-DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_quantity(text: str, units: Dict[str, int]) -> int:
-    """An integer with an optional unit: durations 90, 90s, 30m, 12h, 1d; sizes 500K, 64M, 1G."""
-    value = text.strip().lower()
-    digits = value.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = value[len(digits):]
-    if not digits.isdigit() or unit not in units:
-        raise ValueError(f"{text!r}: expected a number with an optional unit ({', '.join(u for u in units if u)})")
-    return int(digits) * units[unit]
+SORT_COLUMNS = table.SORT_KEYS
+DEFAULT_METRICS = ",".join(g for g in metrics.GROUPS if g in metrics.DEFAULT_GROUPS)
+STATE_SORTS = ("close_wait", "listen_fill")  # table columns of the states group
 
 
 def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
-        return parse_quantity(str(value), DURATION_UNITS)
+        return units.parse_quantity(str(value), units.DURATION_UNITS)
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
 
 
 def _bytes(ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
-        return parse_quantity(str(value), SIZE_UNITS)
+        return units.parse_quantity(str(value), units.SIZE_UNITS)
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
 
 
-# The user-information part of any URL ("scheme://user:password@"), up to its last "@".
-_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/]*@")
-
-
-# Control characters (C0, DEL, C1) and the other line breaks str.splitlines() knows, escaped:
-# a message quoting a label or a receiver's reply stays one line and cannot drive a terminal.
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
-_ESCAPES.update({ord("\r"): "\\r", ord("\n"): "\\n", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
-
-
-class _OneLineFormatter(logging.Formatter):
-    """``container-netstat: level: message`` on one line, whatever the message holds, with the
-    credentials of any URL in it hidden: a library's error can quote DOCKER_HOST in full."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return _redact(super().format(record)).translate(_ESCAPES)
-
-
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter("container-netstat: %(levelname)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter(FORMAT))
     root = logging.getLogger("container_netstat")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -116,17 +91,11 @@ def _parse_scopes(ctx: click.Context, param: click.Parameter, values: Tuple[str,
     return scopes
 
 
-GROUP_NAMES = ("basic", "counters", "states", "hostnet")
-DEFAULT_METRICS = "basic,counters,states"
-
-
 def _parse_groups(value: str) -> "set[str]":
     groups = {g.strip() for g in value.split(",") if g.strip()}
-    unknown = groups - set(GROUP_NAMES)
+    unknown = groups - set(metrics.GROUPS)
     if unknown or not groups:
-        raise click.BadParameter(
-            f"{value!r}: choose from {', '.join(GROUP_NAMES)}", param_hint="--metrics"
-        )
+        raise click.BadParameter(f"{value!r}: choose from {', '.join(metrics.GROUPS)}", param_hint="--metrics")
     return groups
 
 
@@ -163,7 +132,7 @@ def _runtime_dirs(ctx: click.Context, param: click.Parameter, value: Tuple[str, 
 def _source_options(f: F) -> F:
     """The options of every command that reads containers: where from, and how to read them."""
     options = [
-        click.option("--runtime", type=click.Choice(["auto", "docker", "podman", "proc"]), default="auto",
+        click.option("--runtime", type=click.Choice(discovery.RUNTIMES), default="auto",
                      show_default=True,
                      help="Where the container list comes from: docker (Engine API); podman (its Docker-"
                      "compatible socket: --docker-host, else CONTAINER_HOST, else /run/podman/podman.sock); "
@@ -195,69 +164,32 @@ def _source_options(f: F) -> F:
                      help="Override whether a kernel-dependent sockstat field (tw, sockets_used) is per "
                      "network namespace on this kernel (for backports). Repeatable."),
     ]
+
+    @functools.wraps(f)
+    def with_source(**kwargs: Any) -> Any:
+        paths = HostPaths(kwargs.pop("proc_root"), kwargs.pop("cgroup_root"), kwargs.pop("run_root"),
+                          kwargs.pop("var_root"), kwargs.pop("host_root"), kwargs.pop("runtime_dir"))
+        source = Settings(runtime=kwargs.pop("runtime"), docker_host=kwargs.pop("docker_host"),
+                          docker_timeout=kwargs.pop("docker_timeout"), paths=paths,
+                          scope_overrides=kwargs.pop("field_scopes"))
+        return f(source=source, **kwargs)
+
+    wrapped: Any = with_source
     for option in reversed(options):
-        f = option(f)
-    return f
+        wrapped = option(wrapped)
+    return wrapped  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
-class _Source:
-    """Where a command reads containers from, as its options gave it."""
-
-    runtime: str
-    docker_host: Optional[str]
-    docker_timeout: float
-    proc_root: str
-    cgroup_root: str
-    run_root: str
-    var_root: str
-    host_root: str = "/"
-    runtime_dirs: Optional["Dirs"] = None  # from --runtime-dir
-
-
-def _tcp_reader(proc: Any, groups: "set[str]", states_asked: bool) -> Any:
-    """The TCP states reader, probed once: sock_diag where setns works, else /proc/<pid>/net/tcp.
-
-    States are on by default only where sock_diag works; the /proc path costs about four
-    times a run without states, so there it is used only when asked for. Whether a
-    container's ns file opens is confirmed by collect, on the first namespace.
-    """
-    from container_netstat.metrics import STATES
-    from container_netstat.tcp_reader import TcpReader
-
-    if STATES not in groups:
-        return None
-    reader = TcpReader(proc, optional=not states_asked)
-    reader.probe()
-    return reader
-
-
-def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]",
-                   include: Tuple[str, ...] = (), exclude: Tuple[str, ...] = (),
-                   states_asked: bool = True, fd_cap: int = 65536) -> "Tuple[Any, Any, Dict[str, str]]":
-    """Discover, resolve and read: (backend, snapshot, field scopes), or exit 3/4 with one line.
-
-    ``snapshot.groups`` lacks ``states`` when they were not asked for and only /proc could
-    give them.
-    """
-    from container_netstat import namespaces as collecting
-    from container_netstat import filters, discovery
+def _snapshot(settings: Settings) -> "Tuple[discovery.Backend, Snapshot, Dict[str, str]]":
+    """run.take_snapshot, or exit 3 (the runtime cannot be reached) or 4 (nor /proc) with one line."""
+    from container_netstat import run
     from container_netstat.errors import ContainerNetstatError, DockerUnavailable
-    from container_netstat.pids import PidResolver
-    from container_netstat.procfs import ProcFS
 
-    proc = ProcFS(source.proc_root)
-    tcp = _tcp_reader(proc, groups, states_asked)
-    paths = discovery.Paths(source.proc_root, source.run_root, source.var_root, source.host_root,
-                           source.runtime_dirs)
-    backend = discovery.choose(source.runtime, os.environ, source.docker_timeout, paths, source.docker_host)
+    backend = run.backend(settings, os.environ)
     try:
-        containers = filters.select(backend.containers(), include, exclude)
-        resolver = PidResolver(proc, source.cgroup_root, source.run_root, inspect=backend.inspector())
-        snapshot = collecting.collect(containers, resolver, proc, groups, tcp, backend.members, fd_cap)
-        scopes = kernel_scopes.field_scopes(snapshot.host.kernel_release, overrides)
+        snapshot, scopes = run.take_snapshot(settings, backend)
     except DockerUnavailable as err:
-        raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {_redact(backend.where)}: {err}")
+        raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {redact(backend.where)}: {err}")
     except ContainerNetstatError as err:
         raise _fail(EXIT_PARTIAL, f"cannot read the host's /proc: {err}")
     return backend, snapshot, scopes
@@ -298,12 +230,14 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
               help="Skip containers whose name matches this glob, or with label KEY=VALUE (glob). Repeatable.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="warning", show_default=True, help="Diagnostics on stderr at this level and above.")
-@click.option("--falcon-url", default=DEFAULT_FALCON_URL, show_default=True, metavar="URL",
+@click.option("--falcon-url", default=push.DEFAULT_URL, show_default=True, metavar="URL",
               help="Where to POST the items: the falcon-agent's /v1/push, transfer's /api/push (which "
               "reports invalid items) or Nightingale's /openfalcon/push.")
-@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=push.Target.connect_timeout,
+              show_default=True,
               help="Seconds to wait for the receiver to accept a connection.")
-@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=push.Target.read_timeout,
+              show_default=True,
               help="Seconds to wait for each answer; the agent forwards before answering and retries "
               "for up to ~14 s.")
 @click.option("--deadline", type=click.FloatRange(min=1), default=40.0, show_default=True,
@@ -315,28 +249,21 @@ def _take_snapshot(source: _Source, overrides: Dict[str, str], groups: "set[str]
               help="Where undelivered batches wait (mode 0700); also holds the lock that keeps two runs "
               "apart. Default: /var/spool/container-netstat for root, else "
               "$XDG_STATE_HOME/container-netstat (~/.local/state/container-netstat).")
-@click.option("--spool-max-age", default="1d", show_default=True, metavar="DURATION", callback=_seconds,
+@click.option("--spool-max-age", default=units.format_quantity(Bounds.max_age, units.DURATION_UNITS),
+              show_default=True, metavar="DURATION", callback=_seconds,
               help="Drop spooled batches collected longer ago than this (90s, 30m, 12h, 1d).")
-@click.option("--spool-max-bytes", default="64M", show_default=True, metavar="SIZE", callback=_bytes,
+@click.option("--spool-max-bytes", default=units.format_quantity(Bounds.max_bytes, units.SIZE_UNITS),
+              show_default=True, metavar="SIZE", callback=_bytes,
               help="Drop the oldest spooled batches beyond this size (500K, 64M, 1G).")
 def collect(
     dry_run: bool,
     output_format: Optional[str],
     textfile: Optional[str],
     sort_by: str,
-    runtime: str,
-    docker_host: Optional[str],
-    docker_timeout: float,
-    proc_root: str,
-    cgroup_root: str,
-    run_root: str,
-    var_root: str,
-    host_root: str,
-    runtime_dir: "Optional[Dirs]",
-    field_scopes: Dict[str, str],
+    source: Settings,
     endpoint: Optional[str],
     step: int,
-    metric_groups: str,
+    metric_groups: Optional[str],
     hostnet_fd_cap: int,
     tcp_states: bool,
     include: Tuple[str, ...],
@@ -364,84 +291,108 @@ def collect(
     finish_by = time.monotonic() + deadline
     gc.disable()  # one short run that makes no reference cycles worth collecting: ~11 ms at 300 containers
     _setup_logging(log_level)
-    overrides = field_scopes
-    groups = _parse_groups(metric_groups or DEFAULT_METRICS) | ({"states"} if tcp_states else set())
     printed = output_format or ("json" if dry_run else None)
-    sort_states = printed == "table" and sort_by in ("close_wait", "listen_fill")
-    if sort_states and "states" not in groups:
-        raise click.BadParameter(f"{sort_by} is measured only with the states group (--tcp-states)",
-                                 param_hint="--sort")
-    states_asked = tcp_states or sort_states or (metric_groups is not None and "states" in groups)
+    groups, states_asked = _groups(metric_groups, tcp_states, sort_by if printed == "table" else None)
+    settings = dataclasses.replace(source, groups=frozenset(groups), states_asked=states_asked,
+                                   include=include, exclude=exclude, fd_cap=hostnet_fd_cap)
+    delivery = Delivery(falcon_url, endpoint, step, connect_timeout, read_timeout, batch_size)
     if textfile is not None and not Path(textfile).parent.is_dir():
         raise click.BadParameter(f"{textfile}: no such directory", param_hint="--textfile")
-    pushing = printed is None and textfile is None
-    if pushing:
-        _check_url(falcon_url)
-    spool = _locked_spool(spool_dir, spool_max_age, spool_max_bytes) if pushing else None
+    output = _output(printed, textfile, sort_by, delivery, finish_by, spool_dir, spool_max_age, spool_max_bytes)
+    pushing = _pushing(output)
 
-    source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
-                     runtime_dir)
     try:
-        _backend, snapshot, scopes = _take_snapshot(source, overrides, groups, include, exclude, states_asked,
-                                                    hostnet_fd_cap)
+        _backend, snapshot, scopes = _snapshot(settings)
     except click.exceptions.Exit as stop:
-        if spool is None or stop.exit_code != EXIT_DOCKER:
+        if pushing is None or stop.exit_code != EXIT_DOCKER:
             raise
         snapshot = None
-    if snapshot is None and spool is not None:
+    if snapshot is None and pushing is not None:
         # No items from this run, but the receiver may be fine: replay the spool within the
         # deadline, or a long Docker outage ages it out. (Outside the except block, so that no
         # push error names the Docker error as its context.)
-        outcome = _deliver([], int(time.time()), spool, falcon_url, connect_timeout, read_timeout, batch_size,
-                           finish_by)
-        raise click.exceptions.Exit(_push_exit_code(outcome, False, docker_down=True))
+        pushing.emit([], [], int(time.time()))
+        assert pushing.outcome is not None
+        raise click.exceptions.Exit(_push_exit_code(pushing.outcome, False, docker_down=True))
+    assert snapshot is not None
 
-    from container_netstat import falcon, metrics  # here, so that --help stays fast
+    from container_netstat import falcon
 
     samples, failed = metrics.snapshot_samples(snapshot, scopes, snapshot.groups)
     collected_at = int(time.time())
-    if endpoint is None and (pushing or printed == "json"):  # the outputs that carry it
-        from container_netstat import agent, push
-
-        endpoint = agent.endpoint(falcon_url, connect_timeout, read_timeout, push.Deadline(finish_by), spool)
-    items = falcon.build_items(samples, endpoint or socket.gethostname(), collected_at, step)
+    items: List[falcon.Item] = []
+    if output.carries_items:
+        name = delivery.endpoint or _agent_endpoint(delivery, finish_by, pushing) or socket.gethostname()
+        items = falcon.build_items(samples, name, collected_at, step)
     log.info(
         "%d containers, %d namespaces, %d items; %d exited during the run, %d failed",
         snapshot.containers, len(snapshot.namespaces), len(items), len(snapshot.gone), len(failed),
     )
-    if spool is not None:
-        outcome = _deliver(items, collected_at, spool, falcon_url, connect_timeout, read_timeout, batch_size,
-                           finish_by)
-        raise click.exceptions.Exit(_push_exit_code(outcome, bool(failed)))
-    if textfile is not None:
-        _write_textfile(Path(textfile), samples, collected_at)
-    if printed == "json":
-        sys.stdout.writelines(falcon.iter_dumps(items))
-    elif printed == "prometheus":
-        from container_netstat import prometheus
-
-        # As bytes: click.echo strips ANSI sequences from a str sent to a pipe, and a label
-        # value may hold one; the text must be what --textfile writes.
-        click.echo(prometheus.render(samples, collected_at), nl=False)
-    elif printed == "table":
-        from container_netstat import table
-
-        tty = sys.stdout.isatty()
-        width = shutil.get_terminal_size().columns if tty else table.WIDTH
-        click.echo(table.render(samples, sort_by, width, color=tty and not os.environ.get("NO_COLOR")))
+    _emit(output, samples, items, collected_at)
+    if pushing is not None:
+        assert pushing.outcome is not None
+        raise click.exceptions.Exit(_push_exit_code(pushing.outcome, bool(failed)))
     if failed:
         raise click.exceptions.Exit(EXIT_PARTIAL)
 
 
-def _write_textfile(path: Path, samples: "List[Sample]", collected_at: int) -> None:
-    """The node_exporter textfile; a failure loses this run's values, as an unwritable spool does."""
-    from container_netstat import prometheus
+def _groups(metric_groups: Optional[str], tcp_states: bool, table_sort: Optional[str]) -> "Tuple[set[str], bool]":
+    """The metric groups, and whether TCP states were asked for (so that they are read from /proc
+    where sock_diag cannot be used): the one check that spans --metrics, --tcp-states and --sort."""
+    groups = _parse_groups(metric_groups or DEFAULT_METRICS) | ({metrics.STATES} if tcp_states else set())
+    sort_states = table_sort in STATE_SORTS
+    if sort_states and metrics.STATES not in groups:
+        raise click.BadParameter(f"{table_sort} is measured only with the states group (--tcp-states)",
+                                 param_hint="--sort")
+    asked = tcp_states or sort_states or (metric_groups is not None and metrics.STATES in groups)
+    return groups, asked
 
-    if not path.name.endswith(".prom"):
-        log.warning("%s: node_exporter's textfile collector reads only *.prom files", path)
+
+def _output(printed: Optional[str], textfile: Optional[str], sort_by: str, delivery: Delivery, finish_by: float,
+            spool_dir: Optional[str], max_age: int, max_bytes: int) -> "Output":
+    """The output the options ask for; a push checks its URL and takes the spool's lock first."""
+    from container_netstat import outputs
+
+    if textfile is not None:
+        return outputs.TextfileOutput(Path(textfile))
+    if printed == "json":
+        return outputs.JsonOutput(sys.stdout)
+    if printed == "prometheus":
+        return outputs.PrometheusOutput(sys.stdout.buffer)
+    if printed == "table":
+        tty = sys.stdout.isatty()
+        width = shutil.get_terminal_size().columns if tty else None
+        return outputs.TableOutput(sys.stdout, sort_by, width, color=tty and not os.environ.get("NO_COLOR"))
     try:
-        prometheus.write_textfile(path, prometheus.render(samples, collected_at))
-    except prometheus.TextfileError as err:
+        push.check_url(delivery.falcon_url)
+    except push.UnusableUrl as err:
+        raise click.BadParameter(str(err), param_hint="--falcon-url") from err
+    spool = _locked_spool(spool_dir, max_age, max_bytes)
+    return outputs.PushOutput(delivery, spool, finish_by, redact(delivery.falcon_url))
+
+
+def _pushing(output: "Output") -> "Optional[PushOutput]":
+    from container_netstat.outputs import PushOutput
+
+    return output if isinstance(output, PushOutput) else None
+
+
+def _agent_endpoint(delivery: Delivery, finish_by: float, pushing: "Optional[PushOutput]") -> Optional[str]:
+    """The falcon-agent's own name for its host, asked once (agent.py); None where not asked."""
+    from container_netstat import agent
+
+    spool = pushing.spool if pushing is not None else None
+    return agent.endpoint(delivery.falcon_url, delivery.connect_timeout, delivery.read_timeout,
+                          push.Deadline(finish_by), spool)
+
+
+def _emit(output: "Output", samples: "List[Any]", items: "List[Any]", collected_at: int) -> None:
+    """Write the run's data; an unwritable textfile loses this run's values, as an unwritable spool does."""
+    from container_netstat.prometheus import TextfileError
+
+    try:
+        output.emit(samples, items, collected_at)
+    except TextfileError as err:
         raise _fail(EXIT_LOST, f"{err} (see --textfile)")
 
 
@@ -461,19 +412,6 @@ def _locked_spool(directory: Optional[str], max_age: int, max_bytes: int) -> "Sp
     return spool
 
 
-def _deliver(items: "List[Dict[str, Any]]", collected_at: int, spool: "Spool", url: str, connect_timeout: float,
-             read_timeout: float, batch_size: int, finish_by: float) -> "Outcome":
-    """Replay the spool, then push ``items``, by the run's deadline."""
-    from container_netstat import push
-
-    sender = push.HttpSender(push.Target(url, connect_timeout, read_timeout))
-    try:
-        return push.deliver(items, collected_at, sender, spool, batch_size, push.Deadline(finish_by),
-                            where=_redact(url))
-    finally:
-        sender.close()
-
-
 def _push_exit_code(outcome: "Outcome", partial: bool, docker_down: bool = False) -> int:
     """The most serious thing that happened: lost > refused > Docker unreachable > spooled >
     unreadable containers."""
@@ -488,48 +426,13 @@ def _push_exit_code(outcome: "Outcome", partial: bool, docker_down: bool = False
     return EXIT_PARTIAL if partial else EXIT_OK
 
 
-def _check_url(url: str) -> None:
-    """A usage error, before anything is collected, for a --falcon-url that no request can use:
-    every run would otherwise spool its items for a later run that cannot send them either."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError:
-        usable = False
-    if not usable:
-        shown = _redact(url) if "://" in url else (f"***@{url.rsplit('@', 1)[1]}" if "@" in url else url)
-        raise click.BadParameter(f"{shown!r}: expected http://HOST[:PORT]/PATH or https://...",
-                                 param_hint="--falcon-url")
-
-
-def _redact(text: str) -> str:
-    """Hide the credentials of every URL in ``text`` (user:password@host) before it is logged."""
-    return _USERINFO.sub(r"\1***@", text)
-
-
 @main.command()
 @_source_options
 @click.option("--format", "output_format", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="json for tools, text for a terminal.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="warning", show_default=True, help="Diagnostics on stderr at this level and above.")
-def doctor(
-    runtime: str,
-    docker_host: Optional[str],
-    docker_timeout: float,
-    proc_root: str,
-    cgroup_root: str,
-    run_root: str,
-    var_root: str,
-    host_root: str,
-    runtime_dir: "Optional[Dirs]",
-    field_scopes: Dict[str, str],
-    output_format: str,
-    log_level: str,
-) -> None:
+def doctor(source: Settings, output_format: str, log_level: str) -> None:
     """Explain this host: each metric's scope on this kernel, the Docker API version,
     which containers share a namespace, and any container that could not be read and why.
 
@@ -541,12 +444,10 @@ def doctor(
     from container_netstat.errors import DockerUnavailable
 
     _setup_logging(log_level)
-    source = _Source(runtime, docker_host, docker_timeout, proc_root, cgroup_root, run_root, var_root, host_root,
-                     runtime_dir)
-    backend, snapshot, scopes = _take_snapshot(source, field_scopes, {"basic", "states", "hostnet"},
-                                               states_asked=False)
+    settings = dataclasses.replace(source, groups=frozenset({metrics.BASIC, metrics.STATES, metrics.HOSTNET}))
+    backend, snapshot, scopes = _snapshot(settings)
     unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None
-    where = _redact(backend.where)
+    where = redact(backend.where)
     try:
         version = backend.version()
     except DockerUnavailable as err:

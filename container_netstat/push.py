@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from container_netstat import falcon
+from container_netstat.diagnostics import redact
 from container_netstat.errors import PushError
 from container_netstat.spool import CorruptBatch, Entry, Spool, SpoolError
 
@@ -93,6 +94,26 @@ class Target:
     # The agent pushes to transfer before it answers and retries for up to ~14 s
     # (docs/facts.rst, "The open-falcon push").
     read_timeout: float = 20.0
+
+
+class UnusableUrl(PushError):
+    """A URL no request can use (not http or https, no host, a port out of range)."""
+
+
+def check_url(url: str) -> None:
+    """UnusableUrl, with the URL's credentials hidden, for a target no request can use: every
+    run would otherwise spool its items for a later run that cannot send them either."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        usable = False
+    if not usable:
+        shown = redact(url) if "://" in url else (f"***@{url.rsplit('@', 1)[1]}" if "@" in url else url)
+        raise UnusableUrl(f"{shown!r}: expected http://HOST[:PORT]/PATH or https://...")
 
 
 @dataclass(frozen=True)

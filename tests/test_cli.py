@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from container_netstat import cli
+from container_netstat import diagnostics
 
 
 def test_help_explains_every_option() -> None:
@@ -56,5 +57,5 @@ def test_environment_variable_sets_an_option_and_a_flag_wins() -> None:
 
 
 def test_credentials_in_docker_host_are_not_logged() -> None:
-    assert cli._redact("tcp://user:secret@host:2376") == "tcp://***@host:2376"
-    assert cli._redact("unix:///var/run/docker.sock") == "unix:///var/run/docker.sock"
+    assert diagnostics.redact("tcp://user:secret@host:2376") == "tcp://***@host:2376"
+    assert diagnostics.redact("unix:///var/run/docker.sock") == "unix:///var/run/docker.sock"

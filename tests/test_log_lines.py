@@ -9,10 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from container_netstat import cli
+from container_netstat import diagnostics
 
 
 def formatted(message: str) -> str:
-    formatter = cli._OneLineFormatter("container-netstat: %(levelname)s: %(message)s")
+    formatter = diagnostics.OneLineFormatter("container-netstat: %(levelname)s: %(message)s")
     return formatter.format(logging.LogRecord("container_netstat", logging.ERROR, __file__, 1, message, None, None))
 
 
@@ -25,7 +26,7 @@ def formatted(message: str) -> str:
     ("http://host/path@x", "http://host/path@x"),
 ])
 def test_credentials_in_any_url_are_hidden(text: str, shown: str) -> None:
-    assert shown in cli._redact(text)
+    assert shown in diagnostics.redact(text)
     assert shown in formatted(text)
 
 

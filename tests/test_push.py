@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from container_netstat import cli, push
+from container_netstat import units
 from container_netstat.push import (Deadline, HttpSender, Outcome, Rejected, Reply, Target, TooLarge, Unreachable,
                                     WrongAddress)
 from container_netstat.spool import Bounds, Spool
@@ -696,11 +697,11 @@ def test_usage_errors_for_bad_durations_and_sizes(tmp_path: Path) -> None:
 
 
 def test_quantities_accept_units() -> None:
-    assert cli.parse_quantity("90", cli.DURATION_UNITS) == 90
-    assert cli.parse_quantity("30m", cli.DURATION_UNITS) == 1800
-    assert cli.parse_quantity("1D", cli.DURATION_UNITS) == 86400
-    assert cli.parse_quantity("64M", cli.SIZE_UNITS) == 64 * 1024**2
-    assert cli.parse_quantity(" 500k", cli.SIZE_UNITS) == 500 * 1024
+    assert units.parse_quantity("90", units.DURATION_UNITS) == 90
+    assert units.parse_quantity("30m", units.DURATION_UNITS) == 1800
+    assert units.parse_quantity("1D", units.DURATION_UNITS) == 86400
+    assert units.parse_quantity("64M", units.SIZE_UNITS) == 64 * 1024**2
+    assert units.parse_quantity(" 500k", units.SIZE_UNITS) == 500 * 1024
     for bad in ("1w", "1.5G", "", "m", "-1"):
         with pytest.raises(ValueError):
-            cli.parse_quantity(bad, cli.SIZE_UNITS)
+            units.parse_quantity(bad, units.SIZE_UNITS)

@@ -1,0 +1,113 @@
+"""Where a snapshot goes: the outputs behind one small interface.
+
+Each output takes the run's samples, its open-falcon items and its collection time. The
+JSON array (``--dry-run``, ``--format json``) and the push carry the items; the Prometheus
+text (``--format prometheus``, ``--textfile``) and the table are built from the samples,
+so every output shows exactly what would be pushed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, List, Optional, Protocol
+
+from container_netstat import falcon
+from container_netstat.records import Sample
+from container_netstat.settings import Delivery
+
+if TYPE_CHECKING:  # pragma: no cover
+    from container_netstat.push import Outcome
+    from container_netstat.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class Output(Protocol):
+    """One destination of a run's data."""
+
+    carries_items: bool  # True if it needs the items (and so the endpoint)
+
+    def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None: ...
+
+
+class JsonOutput:
+    """The open-falcon JSON array on a stream (the falcon-agent plugin reads it from stdout)."""
+
+    carries_items = True
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None:
+        self.stream.writelines(falcon.iter_dumps(items))
+
+
+class PrometheusOutput:
+    """The Prometheus text exposition format on a binary stream, as --textfile writes it."""
+
+    carries_items = False
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None:
+        from container_netstat import prometheus
+
+        # Bytes, written as they are: a label value may hold an ANSI sequence, and the text
+        # must be byte for byte what --textfile writes.
+        self.stream.write(prometheus.render(samples, collected_at))
+
+
+class TableOutput:
+    """One aligned line per namespace, for a person."""
+
+    carries_items = False
+
+    def __init__(self, stream: IO[str], sort: str, width: Optional[int], color: bool) -> None:
+        self.stream, self.sort, self.width, self.color = stream, sort, width, color
+
+    def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None:
+        from container_netstat import table
+
+        self.stream.write(table.render(samples, self.sort, self.width or table.WIDTH, color=self.color) + "\n")
+
+
+class TextfileOutput:
+    """node_exporter's textfile, replaced atomically; TextfileError if it cannot be written."""
+
+    carries_items = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None:
+        from container_netstat import prometheus
+
+        if not self.path.name.endswith(".prom"):
+            log.warning("%s: node_exporter's textfile collector reads only *.prom files", self.path)
+        prometheus.write_textfile(self.path, prometheus.render(samples, collected_at))
+
+
+class PushOutput:
+    """The spool replayed oldest first, then this run's items, by the run's deadline.
+
+    ``outcome`` holds what the delivery did, for the exit code.
+    """
+
+    carries_items = True
+
+    def __init__(self, delivery: Delivery, spool: "Spool", finish_by: float, where: str) -> None:
+        self.delivery, self.spool, self.finish_by, self.where = delivery, spool, finish_by, where
+        self.outcome: Optional["Outcome"] = None
+
+    def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None:
+        from container_netstat import push
+
+        d = self.delivery
+        sender = push.HttpSender(push.Target(d.falcon_url, d.connect_timeout, d.read_timeout))
+        try:
+            self.outcome = push.deliver(items, collected_at, sender, self.spool, d.batch_size,
+                                        push.Deadline(self.finish_by), where=self.where)
+        finally:
+            sender.close()
