@@ -6,6 +6,7 @@
 # from Debian's busybox-static with `docker import` (no registry is needed).
 # Safe to run again.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 with_image=false
 [ "${1:-}" = --image ] && with_image=true
@@ -22,9 +23,7 @@ if $with_image; then
 fi
 if ((${#need[@]})); then
   echo "setup-docker: installing ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt_install "${need[@]}"
 fi
 
 if ! timeout 10 docker info >/dev/null 2>&1; then

@@ -11,6 +11,7 @@
 # Needs root and a working Docker with the busybox image: run scripts/setup-docker.sh --image first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/apt.sh
 
 IMAGE=${CONTAINER_NETSTAT_TEST_IMAGE:-container-netstat/busybox:latest}
 STATE=${CONTAINER_NETSTAT_TEST_STATE:-/var/lib/container-netstat-test}
@@ -29,9 +30,7 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 if ((${#need[@]})); then
   echo "setup-runtimes: installing ${need[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt_install "${need[@]}"
 fi
 mkdir -p "$STATE" "$RUN"
 

@@ -3,6 +3,7 @@
 # Usage: scripts/test.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/apt.sh
 
 bash scripts/setup-docker.sh --image
 bash scripts/setup-runtimes.sh
@@ -26,8 +27,7 @@ done
 [ -x /usr/bin/python3 ] || missing+=(python3)
 if ((${#missing[@]})); then
   echo "test: installing ${missing[*]}" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+  apt_install "${missing[@]}"
 fi
 
 VENV=${VENV:-.venv}

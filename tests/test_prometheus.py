@@ -302,7 +302,7 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path: Path) -> None:
 
 def test_every_series_name_is_documented_with_its_closest_cadvisor_series() -> None:
     root = Path(__file__).parent.parent
-    text = (root / "README.rst").read_text()
+    text = (root / "docs" / "metrics.rst").read_text()
     names = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
              for m in metrics.NETNS_METRICS + metrics.HOST_METRICS if not m.name.startswith("tcp.state.")}
     names |= {prometheus.metric_name(metrics.PREFIX + n) for n, _ in metrics.COLLECTOR_METRICS}
