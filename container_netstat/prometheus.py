@@ -14,7 +14,7 @@ Rules from node_exporter's textfile collector and the Prometheus server (docs/fa
 - Labels are the falcon tags unsanitized (Prometheus label values may hold any UTF-8); the
   exposition library escapes them. ``namespace``, ``pod`` and ``container`` are also target
   labels under Kubernetes service discovery: without ``honor_labels`` a server renames ours
-  ``exported_*`` (see README.rst).
+  ``exported_*`` (see docs/outputs.rst).
 """
 
 from __future__ import annotations
