@@ -81,6 +81,15 @@ def parse_fd_link(target: str) -> Optional[int]:
     return None
 
 
+def _fd_error(pid: int, path: str, err: OSError) -> ContainerNetstatError:
+    """A failed fd listing or readlink: the process is gone, not ours to read, or unreadable."""
+    if isinstance(err, (FileNotFoundError, ProcessLookupError)):
+        return ProcessGone(pid, path)
+    if isinstance(err, PermissionError):
+        return FdsNotPermitted(pid, path, err.strerror or "permission denied")
+    return ProcReadError(f"{path}: {err.strerror or err}")
+
+
 def socket_inodes(proc: ProcFS, pid: int, cap: int = FD_CAP) -> FrozenSet[int]:
     """The inodes of the sockets one process holds, from ``readlink /proc/<pid>/fd/*``.
 
@@ -91,12 +100,8 @@ def socket_inodes(proc: ProcFS, pid: int, cap: int = FD_CAP) -> FrozenSet[int]:
     path = proc.path(pid, "fd")
     try:
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError) as err:
-        raise ProcessGone(pid, path) from err
-    except PermissionError as err:
-        raise FdsNotPermitted(pid, path, err.strerror or "permission denied") from err
     except OSError as err:
-        raise ProcReadError(f"{path}: {err.strerror or err}") from err
+        raise _fd_error(pid, path, err) from err
     inodes: Set[int] = set()
     closed = 0
     try:
@@ -109,17 +114,11 @@ def socket_inodes(proc: ProcFS, pid: int, cap: int = FD_CAP) -> FrozenSet[int]:
                 except (FileNotFoundError, ProcessLookupError):
                     closed += 1  # closed since the listing, or the process exited
                     continue
-                except PermissionError as err:
-                    raise FdsNotPermitted(pid, path, err.strerror or "permission denied") from err
                 inode = parse_fd_link(target)
                 if inode is not None:
                     inodes.add(inode)
-    except (FileNotFoundError, ProcessLookupError) as err:
-        raise ProcessGone(pid, path) from err
-    except PermissionError as err:
-        raise FdsNotPermitted(pid, path, err.strerror or "permission denied") from err
     except OSError as err:
-        raise ProcReadError(f"{path}: {err.strerror or err}") from err
+        raise _fd_error(pid, path, err) from err
     finally:
         os.close(dir_fd)
     if closed and proc.is_gone(pid):

@@ -12,7 +12,7 @@ import errno
 import os
 from typing import Optional
 
-from container_netstat.errors import ProcessGone, ProcReadError
+from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
 
 DEFAULT_PROC_ROOT = "/proc"
 
@@ -40,18 +40,20 @@ class ProcFS:
         """True once the pid has exited (no /proc/<pid>/stat) or is a zombie."""
         return self._pid_is_gone(pid)
 
+    def translate(self, pid: int, path: str, err: OSError) -> ContainerNetstatError:
+        """The error of a failed access to one of ``pid``'s files: ProcessGone once the pid is
+        confirmed gone (ENOENT, ESRCH, EINVAL: an exited process or a zombie), else ProcReadError."""
+        missing = isinstance(err, (FileNotFoundError, ProcessLookupError))
+        if (missing or err.errno in (errno.ESRCH, errno.EINVAL)) and self._pid_is_gone(pid):
+            return ProcessGone(pid, path)
+        return ProcReadError(f"{path}: {'no such file' if missing else err.strerror or err}")
+
     def _read(self, pid: int, path: str) -> str:
         try:
             with open(path, "rb") as f:
                 return f.read().decode("ascii", errors="replace")
-        except (FileNotFoundError, ProcessLookupError) as err:
-            if self._pid_is_gone(pid):
-                raise ProcessGone(pid, path) from err
-            raise ProcReadError(f"{path}: no such file") from err
         except OSError as err:
-            if err.errno in (errno.ESRCH, errno.EINVAL) and self._pid_is_gone(pid):
-                raise ProcessGone(pid, path) from err
-            raise ProcReadError(f"{path}: {err.strerror or err}") from err
+            raise self.translate(pid, path, err) from err
 
     def read_net(self, pid: int, name: str) -> str:
         """Read /proc/<pid>/net/<name> (sockstat, sockstat6, snmp, netstat)."""
@@ -70,12 +72,8 @@ class ProcFS:
         path = self.path(pid, "net", "sockstat")
         try:
             return os.stat(path).st_ino
-        except (FileNotFoundError, ProcessLookupError) as err:
-            if self._pid_is_gone(pid):
-                raise ProcessGone(pid, path) from err
-            raise ProcReadError(f"{path}: no such file") from err
         except OSError as err:
-            raise ProcReadError(f"{path}: {err.strerror or err}") from err
+            raise self.translate(pid, path, err) from err
 
     def parent_pid(self, pid: int) -> Optional[int]:
         """The pid's parent from /proc/<pid>/stat, or None if it is gone."""

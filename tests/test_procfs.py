@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -64,3 +65,22 @@ def test_unreadable_file_is_a_read_error(tmp_path: Path) -> None:
 def test_missing_kernel_release_is_a_read_error(tmp_path: Path) -> None:
     with pytest.raises(ProcReadError, match="osrelease"):
         ProcFS(str(tmp_path)).kernel_release()
+
+
+@pytest.mark.parametrize("code", [errno.ESRCH, errno.EINVAL])
+def test_the_namespace_key_of_a_process_that_died_under_a_stat_is_gone(
+    code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """netns_key translates errors as the readers do: ESRCH and EINVAL from a pid that turns
+    out to have exited mean "gone", as ENOENT does (it used to report them as unreadable)."""
+    child = subprocess.Popen(["sleep", "0"])
+    child.wait()
+
+    def stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        raise OSError(code, os.strerror(code), path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(ProcessGone):
+        ProcFS().netns_key(child.pid)
+    with pytest.raises(ProcReadError):
+        ProcFS().netns_key(os.getpid())  # alive: the error is the file's, not a vanished pid
