@@ -298,8 +298,8 @@ def collect(
     delivery = Delivery(falcon_url, endpoint, step, connect_timeout, read_timeout, batch_size)
     if textfile is not None and not Path(textfile).parent.is_dir():
         raise click.BadParameter(f"{textfile}: no such directory", param_hint="--textfile")
-    output = _output(printed, textfile, sort_by, delivery, finish_by, spool_dir, spool_max_age, spool_max_bytes)
-    pushing = _pushing(output)
+    chosen = _outputs(printed, textfile, sort_by, delivery, finish_by, spool_dir, spool_max_age, spool_max_bytes)
+    pushing = _pushing(chosen)
 
     try:
         _backend, snapshot, scopes = _snapshot(settings)
@@ -321,14 +321,14 @@ def collect(
     samples, failed = metrics.snapshot_samples(snapshot, scopes, snapshot.groups)
     collected_at = int(time.time())
     items: List[falcon.Item] = []
-    if output.carries_items:
+    if any(o.carries_items for o in chosen):
         name = delivery.endpoint or _agent_endpoint(delivery, finish_by, pushing) or socket.gethostname()
         items = falcon.build_items(samples, name, collected_at, step)
     log.info(
         "%d containers, %d namespaces, %d items; %d exited during the run, %d failed",
         snapshot.containers, len(snapshot.namespaces), len(items), len(snapshot.gone), len(failed),
     )
-    _emit(output, samples, items, collected_at)
+    _emit(chosen, samples, items, collected_at)
     if pushing is not None:
         assert pushing.outcome is not None
         raise click.exceptions.Exit(_push_exit_code(pushing.outcome, bool(failed)))
@@ -348,33 +348,37 @@ def _groups(metric_groups: Optional[str], tcp_states: bool, table_sort: Optional
     return groups, asked
 
 
-def _output(printed: Optional[str], textfile: Optional[str], sort_by: str, delivery: Delivery, finish_by: float,
-            spool_dir: Optional[str], max_age: int, max_bytes: int) -> "Output":
-    """The output the options ask for; a push checks its URL and takes the spool's lock first."""
+def _outputs(printed: Optional[str], textfile: Optional[str], sort_by: str, delivery: Delivery, finish_by: float,
+             spool_dir: Optional[str], max_age: int, max_bytes: int) -> "List[Output]":
+    """The outputs the options ask for: the textfile, then a printed format; else the push,
+    which checks its URL and takes the spool's lock first."""
     from container_netstat import outputs
 
+    chosen: "List[Output]" = []
     if textfile is not None:
-        return outputs.TextfileOutput(Path(textfile))
+        chosen.append(outputs.TextfileOutput(Path(textfile)))
     if printed == "json":
-        return outputs.JsonOutput(sys.stdout)
-    if printed == "prometheus":
-        return outputs.PrometheusOutput(sys.stdout.buffer)
-    if printed == "table":
+        chosen.append(outputs.JsonOutput(sys.stdout))
+    elif printed == "prometheus":
+        chosen.append(outputs.PrometheusOutput(sys.stdout.buffer))
+    elif printed == "table":
         tty = sys.stdout.isatty()
         width = shutil.get_terminal_size().columns if tty else None
-        return outputs.TableOutput(sys.stdout, sort_by, width, color=tty and not os.environ.get("NO_COLOR"))
+        chosen.append(outputs.TableOutput(sys.stdout, sort_by, width, color=tty and not os.environ.get("NO_COLOR")))
+    if chosen:
+        return chosen
     try:
         push.check_url(delivery.falcon_url)
     except push.UnusableUrl as err:
         raise click.BadParameter(str(err), param_hint="--falcon-url") from err
     spool = _locked_spool(spool_dir, max_age, max_bytes)
-    return outputs.PushOutput(delivery, spool, finish_by, redact(delivery.falcon_url))
+    return [outputs.PushOutput(delivery, spool, finish_by, redact(delivery.falcon_url))]
 
 
-def _pushing(output: "Output") -> "Optional[PushOutput]":
+def _pushing(chosen: "List[Output]") -> "Optional[PushOutput]":
     from container_netstat.outputs import PushOutput
 
-    return output if isinstance(output, PushOutput) else None
+    return next((o for o in chosen if isinstance(o, PushOutput)), None)
 
 
 def _agent_endpoint(delivery: Delivery, finish_by: float, pushing: "Optional[PushOutput]") -> Optional[str]:
@@ -386,12 +390,13 @@ def _agent_endpoint(delivery: Delivery, finish_by: float, pushing: "Optional[Pus
                           push.Deadline(finish_by), spool)
 
 
-def _emit(output: "Output", samples: "List[Any]", items: "List[Any]", collected_at: int) -> None:
+def _emit(chosen: "List[Output]", samples: "List[Any]", items: "List[Any]", collected_at: int) -> None:
     """Write the run's data; an unwritable textfile loses this run's values, as an unwritable spool does."""
     from container_netstat.prometheus import TextfileError
 
     try:
-        output.emit(samples, items, collected_at)
+        for output in chosen:
+            output.emit(samples, items, collected_at)
     except TextfileError as err:
         raise _fail(EXIT_LOST, f"{err} (see --textfile)")
 

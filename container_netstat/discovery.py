@@ -33,6 +33,7 @@ from container_netstat import cgroups, docker_api
 from container_netstat.records import Container
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.node_files import NodeFiles
+from container_netstat.pids import Inspect, init_pid
 from container_netstat.procfs import ProcFS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "docker", "podman", "proc")
 DOCKER_SOCKET = "/var/run/docker.sock"  # the Docker CLI's and SDK's default
 PODMAN_SOCKET = "/run/podman/podman.sock"  # rootful `podman system service`
-
-Inspect = Callable[[str], Optional[int]]
 
 
 @dataclass(frozen=True)
@@ -135,20 +134,10 @@ def scan(proc: ProcFS) -> Dict[str, List[Member]]:
 
 
 def init_member(proc: ProcFS, members: Sequence[Member]) -> Member:
-    """The container's init: the member whose parent (the runtime's shim) is outside the container.
-
-    Short-lived children come and go and a reused pid can be lower than the init's,
-    so the lowest pid is only the answer when no parent says otherwise.
-    """
+    """The container's init member (pids.init_pid), else its lowest pid."""
     ordered = sorted(members, key=lambda m: m.pid)
-    if len(ordered) == 1:
-        return ordered[0]
-    inside = {m.pid for m in ordered}
-    for member in ordered[:32]:
-        parent = proc.parent_pid(member.pid)
-        if parent is not None and parent not in inside:
-            return member
-    return ordered[0]
+    init = init_pid(proc, [m.pid for m in ordered])
+    return next((m for m in ordered if m.pid == init), ordered[0])
 
 
 class Backend(Protocol):
@@ -186,7 +175,7 @@ class DockerBackend:
         return docker_api.list_containers(self._connect())
 
     def inspector(self) -> Optional[Inspect]:
-        return docker_api.inspector(self._connect())  # type: ignore[no-any-return]
+        return docker_api.inspector(self._connect())
 
     def version(self) -> Dict[str, str]:
         return docker_api.server_version(self._connect())

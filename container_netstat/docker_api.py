@@ -8,9 +8,10 @@ every container: one request each). ``docker`` is imported only when a client is
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from container_netstat.errors import DockerUnavailable
+from container_netstat.pids import Inspect
 from container_netstat.records import Container
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,20 +63,26 @@ def from_api(raw: Mapping[str, Any]) -> Container:
     )
 
 
+def _api_errors() -> Tuple[Type[BaseException], ...]:
+    """What an Engine API call raises when the daemon cannot answer: docker-py's own errors;
+    requests' (a RequestException is an OSError), e.g. when the socket dies mid-call; a reply
+    that is not JSON (ValueError)."""
+    import docker
+
+    return (docker.errors.DockerException, OSError, ValueError)
+
+
 def list_containers(client: "docker.DockerClient") -> List[Container]:
     """The running containers, from one list call."""
-    import docker
 
     try:
         raw = client.api.containers()
-    except (docker.errors.DockerException, OSError) as err:
-        raise DockerUnavailable(describe_docker_error(err)) from err
-    except Exception as err:  # requests' errors when the socket dies mid-call
+    except _api_errors() as err:
         raise DockerUnavailable(describe_docker_error(err)) from err
     return [from_api(item) for item in raw]
 
 
-def inspector(client: "docker.DockerClient"):  # type: ignore[no-untyped-def]
+def inspector(client: "docker.DockerClient") -> Inspect:
     """A function id -> pid (None if the container is gone) for the pid fallback."""
     import docker
 
@@ -85,7 +92,7 @@ def inspector(client: "docker.DockerClient"):  # type: ignore[no-untyped-def]
         except docker.errors.NotFound:
             log.debug("container %s: gone before inspect", container_id[:12])
             return None
-        except Exception as err:
+        except _api_errors() as err:
             raise DockerUnavailable(describe_docker_error(err)) from err
         pid = int(state.get("Pid") or 0)
         return pid or None
@@ -97,7 +104,7 @@ def server_version(client: "docker.DockerClient") -> Dict[str, str]:
     """The daemon's version and the API version in use (one ``GET /version``)."""
     try:
         info = client.api.version()
-    except Exception as err:
+    except _api_errors() as err:
         raise DockerUnavailable(describe_docker_error(err)) from err
     return {
         "server_version": str(info.get("Version", "")),

@@ -118,6 +118,27 @@ def pod_cgroups(cgroup_root: str, hierarchy: str) -> Dict[str, str]:
     return found
 
 
+INIT_SEARCH = 32  # members whose parents are looked at, lowest pids first
+
+
+def init_pid(proc: ProcFS, pids: Sequence[int]) -> Optional[int]:
+    """The container's init among its pids: the one whose parent (the runtime's shim) is
+    outside the container; None when there is one pid or no parent says so.
+
+    Short-lived children come and go and a reused pid can be lower than the init's, so
+    the lowest pid is not the answer by itself. The first INIT_SEARCH pids are looked at.
+    """
+    ordered = sorted(pids)
+    if len(ordered) < 2:
+        return None
+    inside = set(ordered)
+    for pid in ordered[:INIT_SEARCH]:
+        parent = proc.parent_pid(pid)
+        if parent is not None and parent not in inside:
+            return pid
+    return None
+
+
 class PidResolver:
     """Resolves pids for many containers, fast paths first, inspect as the fallback."""
 
@@ -194,13 +215,9 @@ class PidResolver:
         """A pid listed in the container's cgroup.procs, checked against /proc/<pid>/cgroup."""
         for key, rel in self._cgroup_candidates(container_id, pod_uid):
             pids = _read_pids(os.path.join(self.cgroup_root, rel, "cgroup.procs"))
-            if len(pids) > 1:
-                # The container's init is the one whose parent (the shim) is outside the
-                # cgroup; short-lived children come and go, so try it first.
-                members = set(pids)
-                init = next((p for p in pids if self.proc.parent_pid(p) not in members), None)
-                if init is not None:
-                    pids = [init] + [p for p in pids if p != init]
+            init = init_pid(self.proc, pids)
+            if init is not None:  # short-lived children come and go: try the init first
+                pids = [init] + [p for p in pids if p != init]
             for pid in pids[:8]:
                 if self.belongs(pid, container_id):
                     self._last_hit = key
