@@ -20,10 +20,9 @@ Rules from node_exporter's textfile collector and the Prometheus server (docs/fa
 from __future__ import annotations
 
 import logging
-import os
 import re
+import secrets
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
@@ -31,6 +30,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 from container_netstat import metrics
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.records import Sample
+from container_netstat.safedir import SafeDir, SafeDirError
 
 log = logging.getLogger(__name__)
 
@@ -140,64 +140,48 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> b
 
 
 def write_textfile(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: temp file in the same directory, fsync, rename.
+    """Replace ``path`` with ``data`` atomically: temp file in the same directory, fsync, rename,
+    fsync the directory (safedir.py).
 
     A symbolic link at ``path`` is refused rather than replaced (the rename would
     replace the link itself, never write through it). The file is mode 0644 whatever
     the umask, for a node_exporter running as another user.
     """
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise TextfileError(f"{path}: {err.strerror}") from err
-    else:
-        if stat.S_ISLNK(st.st_mode):
+        # The directory is the operator's to choose, a link included; the file in it is not.
+        directory = SafeDir.open(path.parent, follow=True)
+    except SafeDirError as err:
+        raise TextfileError(f"cannot create a temporary file in {path.parent}: {err.reason}") from err
+    with directory:
+        try:
+            found = directory.lstat(path.name)
+        except SafeDirError as err:
+            raise TextfileError(f"{path}: {err.reason}") from err
+        if found is not None and stat.S_ISLNK(found.mode):
             raise TextfileError(f"{path} is a symbolic link: refusing to replace it")
-        if not stat.S_ISREG(st.st_mode):
+        if found is not None and not found.regular:
             raise TextfileError(f"{path} is not a regular file")
-    directory = path.parent
-    _remove_stale_temps(directory, path.name)
-    try:
-        # mkstemp opens with O_CREAT|O_EXCL|O_NOFOLLOW: it never reuses or follows anything.
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise TextfileError(f"cannot create a temporary file in {directory}: {err.strerror}") from err
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), TEXTFILE_MODE)
-            # Without it, a crash soon after the rename can leave an empty file.
-            os.fsync(out.fileno())
-        os.rename(temp, path)
-    except OSError as err:
-        _unlink_quietly(temp)
-        raise TextfileError(f"cannot write {path}: {err.strerror}") from err
-    except BaseException:
-        _unlink_quietly(temp)
-        raise
+        _remove_stale_temps(directory, path.name)
+        try:
+            directory.write(path.name, data, TEXTFILE_MODE, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        except SafeDirError as err:
+            if err.op == "create":
+                raise TextfileError(f"cannot create a temporary file in {path.parent}: {err.reason}") from err
+            raise TextfileError(f"cannot write {path}: {err.reason}") from err
 
 
-def _remove_stale_temps(directory: Path, name: str) -> None:
+def _remove_stale_temps(directory: SafeDir, name: str) -> None:
     """Remove our temporary files that a killed run left behind (not a concurrent run's)."""
     cutoff = time.time() - STALE_TEMP_SECONDS
     try:
-        candidates = [e for e in os.scandir(directory) if e.name.startswith(f".{name}.") and e.name.endswith(".tmp")]
-    except OSError:
+        listed = directory.list()
+    except SafeDirError:
         return  # the write itself will report the problem
-    for entry in candidates:
-        try:
-            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                os.unlink(entry.path)
-                log.info("removed %s, left by an interrupted run", entry.path)
-        except OSError:
-            continue
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    for entry in listed:
+        if entry.name.startswith(f".{name}.") and entry.name.endswith(".tmp") and entry.regular \
+                and entry.mtime < cutoff:
+            try:
+                directory.unlink(entry.name)
+            except SafeDirError:
+                continue
+            log.info("removed %s, left by an interrupted run", directory.path / entry.name)

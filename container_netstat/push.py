@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
+from container_netstat.falcon import Item
 from container_netstat import falcon
 from container_netstat.diagnostics import redact
 from container_netstat.errors import PushError
@@ -51,7 +52,6 @@ WRONG_ADDRESS_4XX = frozenset({401, 403, 404, 405})
 # Below this many seconds left in the run, no new request starts.
 MIN_BUDGET = 0.5
 
-Item = Dict[str, Any]
 
 
 class Unreachable(PushError):
@@ -284,6 +284,9 @@ class _Run:
         self.tally: Dict[str, int] = {}
         self.failure = ""
         self.split_warned = False
+        # The spool's files as its one listing found them (Spool.tidy), kept up to date with
+        # what this run removes, sets aside and writes.
+        self.kept: List[Entry] = []
 
     def add(self, key: str, amount: int = 1) -> None:
         self.tally[key] = self.tally.get(key, 0) + amount
@@ -340,8 +343,10 @@ def deliver(
     """Replay the spool oldest first, then send this run's items; spool what could not go."""
     run = _Run(sender, spool, deadline)
     started = time.monotonic()
-    _enforce(run)
-    blocked = _replay(run)
+    blocked = False
+    if _tidy(run):
+        _enforce(run)
+        blocked = _replay(run)
     pending = batches(items, batch_size)
     for index, batch in enumerate(pending):
         if not blocked:
@@ -362,18 +367,33 @@ def deliver(
         _store(run, batch, timestamp, index)
     if run.tally.get("spooled_batches"):
         _enforce(run)
-    waiting = _waiting(spool)
+    waiting = spool.size(run.kept)[0]
     outcome = Outcome(failure=run.failure, waiting_batches=waiting, **run.tally)
     _summarise(outcome, where, spool, time.monotonic() - started)
     return outcome
 
 
+def _tidy(run: _Run) -> bool:
+    """List the spool once for the whole run; False if it cannot be read."""
+    try:
+        run.kept = run.spool.tidy()
+    except SpoolError as err:
+        log.error("spool: %s; sending this run's items only", err)
+        return False
+    return True
+
+
 def _enforce(run: _Run) -> None:
     try:
-        dropped = run.spool.enforce()
+        dropped = run.spool.enforce(run.kept)
     except SpoolError as err:
         log.error("spool: %s", err)
+        try:
+            run.kept = run.spool.entries()  # part of it may be gone
+        except SpoolError:
+            run.kept = []
         return
+    run.kept = list(dropped.kept)
     if dropped.batches:
         run.add("dropped_batches", dropped.batches)
         ahead = f", {dropped.ahead} stamped later than now: the clock went back" if dropped.ahead else ""
@@ -387,12 +407,7 @@ def _enforce(run: _Run) -> None:
 
 def _replay(run: _Run) -> bool:
     """Send spooled batches oldest first; True if one could not be delivered (stop there)."""
-    try:
-        entries = run.spool.pending()
-    except SpoolError as err:
-        log.error("spool: %s; sending this run's items only", err)
-        return False
-    for entry in entries:
+    for entry in [e for e in run.kept if e.pending]:
         try:
             items = run.spool.load(entry)
         except CorruptBatch as err:
@@ -401,7 +416,7 @@ def _replay(run: _Run) -> bool:
             continue
         try:
             reply = run.send(items)
-        except Unreachable as err:
+        except Unreachable as err:  # a WrongAddress too: the batch is kept (spool.py)
             run.blocked_by(err)
             return True
         except Rejected as err:
@@ -415,6 +430,8 @@ def _replay(run: _Run) -> bool:
         except SpoolError as err:
             # Sent twice at worst: graph keeps the first point of a minute and ignores a repeat.
             log.error("spool: %s; it was delivered and will be sent again", err)
+        else:
+            run.kept.remove(entry)
         run.add("replayed_items", len(items))
         run.add("replayed_batches")
         run.note_invalid(reply, f"spooled batch {entry.path.name}")
@@ -423,28 +440,24 @@ def _replay(run: _Run) -> bool:
 
 def _set_aside(run: _Run, entry: Entry, reason: str) -> None:
     try:
-        run.spool.set_aside(entry, reason)
+        moved = run.spool.set_aside(entry, reason)
     except SpoolError as err:
         log.error("spool: %s", err)
+    else:
+        where = run.kept.index(entry)
+        run.kept[where:where + 1] = [moved] if moved is not None else []
     run.add("set_aside")
 
 
 def _store(run: _Run, batch: List[Item], timestamp: int, index: int) -> None:
     try:
-        run.spool.write(batch, timestamp, index)
+        run.kept.append(run.spool.write(batch, timestamp, index))
     except SpoolError as err:
         run.add("lost_items", len(batch))
         log.error("lost %d items: not delivered and %s", len(batch), err)
         return
     run.add("spooled_items", len(batch))
     run.add("spooled_batches")
-
-
-def _waiting(spool: Spool) -> int:
-    try:
-        return spool.size()[0]
-    except SpoolError:
-        return 0
 
 
 def _when(stamp: Optional[int]) -> str:

@@ -12,12 +12,19 @@ Layout of the spool directory (mode 0700)::
 
 ``timestamp`` is the collection time of the batch's items, so sorting the names sorts the
 batches oldest first: open-falcon's graph drops a point that is not newer than the last one it
-holds for the series (docs/facts.rst, "The open-falcon push"), so a later run must replay them in that order, before its own.
+holds for the series (docs/facts.rst, "The open-falcon push"), so a later run must replay them
+in that order, before its own.
 
-Files are handled through a descriptor of the directory, opened without following a symbolic
-link, and every file in it is opened with ``O_NOFOLLOW``: a link planted in place of the
-directory, the lock or a batch is refused, never followed. Entries that are not regular files
-(links, directories, fifos) are never read, renamed or removed: they are named in a warning.
+A batch stays until it is delivered (removed), refused as wrong by the receiver (set aside as
+``.rejected``), found unreadable (``.corrupt``) or out of the bounds (removed). An outage keeps
+it, and so does an answer that says the URL or its credentials are wrong (a redirect, 401, 403,
+404, 405: push.WrongAddress): the batch was never looked at, and goes once the URL is fixed.
+
+This module is the policy; safedir.py does the file handling. The directory is opened without
+following a symbolic link and every file in it with ``O_NOFOLLOW``: a link planted in place of
+the directory, the lock or a batch is refused, never followed. Entries that are not regular
+files (links, directories, fifos) are never read, renamed or removed: they are named in a
+warning.
 
 The clock is trusted: a batch stamped after now (beyond ``max_ahead`` seconds) was collected
 before the clock was set back. Replaying it would make graph ignore this host's newer points of
@@ -27,7 +34,6 @@ the same series until the clock catches up, so it is dropped (and counted) like 
 from __future__ import annotations
 
 import errno
-import fcntl
 import gzip
 import json
 import logging
@@ -37,11 +43,14 @@ import secrets
 import stat
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from container_netstat.falcon import Item
+from container_netstat import falcon
 from container_netstat.errors import ContainerNetstatError
+from container_netstat.safedir import Listed, SafeDir, SafeDirError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +62,6 @@ SUFFIX = ".json.gz"
 ASIDE = (".corrupt", ".rejected")
 _BATCH = re.compile(r"^(\d{1,12})-(\d{1,6})-([0-9a-f]{1,16})\.json\.gz$")
 
-Item = Dict[str, Any]
 
 
 class SpoolError(ContainerNetstatError):
@@ -95,7 +103,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Dropped:
-    """What enforcing the bounds removed."""
+    """What enforcing the bounds removed, and the entries it kept (oldest first)."""
 
     by_age: int = 0
     by_size: int = 0
@@ -103,6 +111,7 @@ class Dropped:
     oldest: Optional[int] = None
     newest: Optional[int] = None
     ahead: int = 0
+    kept: Tuple[Entry, ...] = ()
 
     @property
     def batches(self) -> int:
@@ -118,9 +127,8 @@ def default_dir(uid: int, environ: Mapping[str, str]) -> Path:
 
 
 def encode(items: Sequence[Item]) -> bytes:
-    """A batch as stored: gzipped JSON with integer timestamps kept as they are; NaN refused."""
-    text = json.dumps(list(items), allow_nan=False, separators=(",", ":"))
-    return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
+    """A batch as stored: gzipped, the JSON text a push sends (falcon.dumps: NaN refused)."""
+    return gzip.compress(falcon.dumps(list(items)).encode("utf-8"), compresslevel=6, mtime=0)
 
 
 def decode(data: bytes, source: str) -> List[Item]:
@@ -135,15 +143,20 @@ def decode(data: bytes, source: str) -> List[Item]:
 
 
 class Spool:
-    """A directory of undelivered batches, bounded by age and size."""
+    """A directory of undelivered batches, bounded by age and size.
+
+    ``entries`` and ``pending`` only read. A delivery changes the spool in explicit steps, each
+    taking the entries the step before it returned, so that one listing serves the whole run:
+    ``tidy`` (temporary and stray files), ``enforce`` (the bounds), then ``load`` and ``remove``
+    or ``set_aside`` per batch, and ``write`` for what could not be delivered (push.py).
+    """
 
     def __init__(self, directory: Path, bounds: Bounds = Bounds(), clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
         self.bounds = bounds
         self._clock = clock
         self._lock_fd: Optional[int] = None
-        self._dir_fd: Optional[int] = None
-        self._ignored: Set[str] = set()  # named in a warning once per run, not per listing
+        self._safe: Optional[SafeDir] = None
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -155,38 +168,29 @@ class Spool:
                 os.mkdir(self.directory, 0o700)
             except FileExistsError:
                 pass  # a link in its place is refused when it is opened
-            fd = self._dir()
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            if mode != 0o700:
-                os.fchmod(fd, 0o700)
-                if mode & 0o077:
-                    log.warning("spool %s had mode %03o; set it to 0700", self.directory, mode)
         except OSError as err:
             raise SpoolError(f"cannot use spool directory {self.directory}: {err.strerror or err}") from err
+        directory = self._dir()
+        try:
+            mode = directory.mode()
+            if mode != 0o700:
+                directory.chmod(0o700)
+                if mode & 0o077:
+                    log.warning("spool %s had mode %03o; set it to 0700", self.directory, mode)
+        except SafeDirError as err:
+            raise SpoolError(f"cannot use spool directory {self.directory}: {err.reason}") from err
 
     def lock(self) -> None:
         """Take the spool's lock for the life of this process; SpoolBusy if another run holds it."""
         path = self.directory / LOCK_NAME
         try:
-            fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600, dir_fd=self._dir())
-        except OSError as err:
-            raise SpoolError(f"cannot open lock {path}: {_why(err)}") from err
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise SpoolError(f"cannot open lock {path}: not a regular file")
-            if stat.S_IMODE(info.st_mode) != 0o600:
-                os.fchmod(fd, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
+            self._lock_fd = self._dir().lock(LOCK_NAME, 0o600)
+        except SafeDirError as err:
+            if err.op == "open":
+                raise SpoolError(f"cannot open lock {path}: {err.reason}") from err
             if err.errno in (errno.EAGAIN, errno.EACCES):
                 raise SpoolBusy(f"another run holds {path}") from err
-            raise SpoolError(f"cannot lock {path}: {err.strerror or err}") from err
-        except BaseException:
-            os.close(fd)
-            raise
-        self._lock_fd = fd
+            raise SpoolError(f"cannot lock {path}: {err.reason}") from err
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -196,73 +200,41 @@ class Spool:
     def close(self) -> None:
         """Release the lock and the directory."""
         self.unlock()
-        if self._dir_fd is not None:
-            os.close(self._dir_fd)
-            self._dir_fd = None
+        if self._safe is not None:
+            self._safe.close()
+            self._safe = None
 
     # -- reading ----------------------------------------------------------------------
 
     def entries(self) -> List[Entry]:
-        """Every batch and set-aside file, oldest first; stray files are set aside as corrupt."""
-        found: List[Entry] = []
-        for name in self._listdir():
-            path = self.directory / name
-            if name in (LOCK_NAME, NAME_FILE):
-                continue
-            try:
-                info = os.stat(name, dir_fd=self._dir(), follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                raise SpoolError(f"cannot read {path}: {err.strerror or err}") from err
-            if not stat.S_ISREG(info.st_mode):
-                if name not in self._ignored and not (name == "lost+found" and stat.S_ISDIR(info.st_mode)):
-                    self._ignored.add(name)
-                    log.warning("spool: ignoring %s: %s, not a batch; it is never read, moved or removed",
-                                path, _kind(info.st_mode))
-                continue
-            if name.startswith(TMP_PREFIX):
-                # Left by a run killed while writing; we hold the lock, so nobody is writing now.
-                self._unlink(name)
-                continue
-            match = _BATCH.match(name)
-            if match:
-                found.append(Entry(path, int(match.group(1)), int(match.group(2)), info.st_size, True))
-            elif name.endswith(ASIDE):
-                aside = _BATCH.match(name.rsplit(".", 1)[0])
-                stamp = int(aside.group(1)) if aside else int(info.st_mtime)
-                found.append(Entry(path, stamp, 0, info.st_size, False))
-            else:
-                log.warning("spool: %s is not a batch file; moving it aside", path)
-                moved = self._rename_aside(path, ".corrupt")
-                if moved is not None:
-                    found.append(Entry(moved, int(info.st_mtime), 0, info.st_size, False))
-        return sorted(found, key=lambda e: e.order)
+        """Every batch and set-aside file, oldest first. Only reads: see ``tidy``."""
+        return _oldest_first(e for e in map(self._entry, self._list()) if e is not None)
 
     def pending(self) -> List[Entry]:
-        """Batches waiting for delivery, oldest first."""
+        """Batches waiting for delivery, oldest first. Only reads."""
         return [e for e in self.entries() if e.pending]
+
+    def tidy(self) -> List[Entry]:
+        """The entries, as ``entries`` gives them, after one pass that needs the lock: temporary
+        files of a run killed while writing are removed, stray regular files are set aside as
+        ``.corrupt``, anything else that is not ours is named in a warning and left alone."""
+        found: List[Entry] = []
+        for listed in self._list():
+            entry = self._entry(listed)
+            if entry is None:
+                entry = self._tidy(listed)
+            if entry is not None:
+                found.append(entry)
+        return _oldest_first(found)
 
     def load(self, entry: Entry) -> List[Item]:
         """The items of one batch; CorruptBatch if the file is not one (nor a regular file)."""
+        directory = self._dir()
         try:
-            fd = os.open(entry.path.name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self._dir())
-        except OSError as err:
-            raise CorruptBatch(f"{entry.path}: {_why(err)}") from err
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise CorruptBatch(f"{entry.path}: not a regular file")
-            chunks = []
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except OSError as err:
-            raise CorruptBatch(f"{entry.path}: {err.strerror or err}") from err
-        finally:
-            os.close(fd)
-        return decode(b"".join(chunks), str(entry.path))
+            data = directory.read(entry.path.name)
+        except SafeDirError as err:
+            raise CorruptBatch(f"{entry.path}: {err.reason}") from err
+        return decode(data, str(entry.path))
 
     # -- writing ----------------------------------------------------------------------
 
@@ -274,28 +246,10 @@ class Spool:
         data = encode(items)
         name = f"{timestamp:010d}-{seq:04d}-{secrets.token_hex(4)}{SUFFIX}"
         final = self.directory / name
-        tmp = f"{TMP_PREFIX}{name}"
-        renamed = False
         try:
-            directory = self._dir()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=directory)
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                view = memoryview(data)
-                while view:
-                    # A full disk can take part of a write and refuse only the next one.
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
-            renamed = True
-            os.fsync(directory)
-        except (OSError, SpoolError) as err:
-            self._discard(tmp)
-            if renamed:
-                self._discard(name)  # not durable: report it lost rather than keep it by chance
-            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            self._dir().write(name, data, 0o600, f"{TMP_PREFIX}{name}")
+        except (SafeDirError, SpoolError) as err:
+            why = err.reason if isinstance(err, SafeDirError) else str(err)
             raise SpoolError(f"cannot write {final}: {why}") from err
         return Entry(final, timestamp, seq, len(data), True)
 
@@ -303,26 +257,19 @@ class Spool:
         """Forget a delivered batch."""
         self._unlink(entry.path.name)
 
-    def set_aside(self, entry: Entry, reason: str) -> Optional[Path]:
-        """Rename a batch to ``<name>.corrupt`` or ``<name>.rejected`` so it is never retried."""
-        return self._rename_aside(entry.path, f".{reason}")
+    def set_aside(self, entry: Entry, reason: str) -> Optional[Entry]:
+        """Rename a batch to ``<name>.corrupt`` or ``<name>.rejected`` so it is never retried;
+        the file it now is, or None if it is gone (deleted when it could not be renamed)."""
+        return self._rename_aside(entry, f".{reason}")
 
     # -- the agent's name ---------------------------------------------------------------
 
     def remembered_name(self) -> Optional[str]:
         """The name ``remember_name`` kept, or None (none kept, or not readable)."""
         try:
-            fd = os.open(NAME_FILE, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self._dir())
-        except (OSError, SpoolError):
+            text = self._dir().read(NAME_FILE, 1024).decode("utf-8", "replace").strip()
+        except (SafeDirError, SpoolError):
             return None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            text = os.read(fd, 1024).decode("utf-8", "replace").strip()
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
         return text or None
 
     def remember_name(self, name: str) -> None:
@@ -330,26 +277,20 @@ class Spool:
         it changed. Not fsync-ed: a name lost in a crash is asked again by the next run."""
         if self.remembered_name() == name:
             return
-        tmp = f"{TMP_PREFIX}{NAME_FILE}"
+        directory = self._dir()
+        temp = f"{TMP_PREFIX}{NAME_FILE}-{secrets.token_hex(4)}"
         try:
-            directory = self._dir()
-            self._discard(tmp)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=directory)
-            try:
-                os.write(fd, f"{name}\n".encode("utf-8"))
-            finally:
-                os.close(fd)
-            os.rename(tmp, NAME_FILE, src_dir_fd=directory, dst_dir_fd=directory)
-        except OSError as err:
-            self._discard(tmp)
-            raise SpoolError(f"cannot write {self.directory / NAME_FILE}: {_why(err)}") from err
+            directory.write(NAME_FILE, f"{name}\n".encode("utf-8"), 0o600, temp, durable=False)
+        except SafeDirError as err:
+            raise SpoolError(f"cannot write {self.directory / NAME_FILE}: {err.reason}") from err
 
     # -- bounds -----------------------------------------------------------------------
 
-    def enforce(self) -> Dropped:
+    def enforce(self, entries: Optional[Sequence[Entry]] = None) -> Dropped:
         """Remove files older than max_age or stamped beyond max_ahead, then the oldest until
-        the spool fits max_bytes."""
-        entries = self.entries()
+        the spool fits max_bytes. ``entries``: what ``tidy`` (or the steps after it) left, if
+        not the directory's entries now."""
+        entries = _oldest_first(self.entries() if entries is None else entries)
         now = int(self._clock())
         horizon = now - self.bounds.max_age
         limit = now + self.bounds.max_ahead
@@ -373,80 +314,88 @@ class Spool:
             oldest=min((e.timestamp for e in batches), default=None),
             newest=max((e.timestamp for e in batches), default=None),
             ahead=sum(1 for e in ahead if e.pending),
+            kept=tuple(kept),
         )
 
-    def size(self) -> Tuple[int, int]:
-        """(pending batches, bytes of every file) now in the spool."""
-        entries = self.entries()
+    def size(self, entries: Optional[Sequence[Entry]] = None) -> Tuple[int, int]:
+        """(pending batches, bytes of every file) now in the spool, or in ``entries``."""
+        entries = self.entries() if entries is None else entries
         return sum(1 for e in entries if e.pending), sum(e.size for e in entries)
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _dir(self) -> int:
-        """A descriptor of the directory itself, opened once, never through a symbolic link."""
-        if self._dir_fd is None:
+    def _dir(self) -> SafeDir:
+        """The directory itself, opened once, never through a symbolic link."""
+        if self._safe is None:
             try:
-                self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
-            except OSError as err:
-                # O_DIRECTORY is checked before O_NOFOLLOW: a link gives ENOTDIR, not ELOOP.
-                why = "a symbolic link: refusing to follow it" if self.directory.is_symlink() else _why(err)
-                raise SpoolError(f"cannot use spool directory {self.directory}: {why}") from err
-        return self._dir_fd
+                self._safe = SafeDir.open(self.directory)
+            except SafeDirError as err:
+                raise SpoolError(f"cannot use spool directory {self.directory}: {err.reason}") from err
+        return self._safe
 
-    def _listdir(self) -> List[str]:
+    def _list(self) -> List[Listed]:
         try:
-            return os.listdir(self._dir())
-        except OSError as err:
-            raise SpoolError(f"cannot read spool directory {self.directory}: {err.strerror or err}") from err
+            return self._dir().list()
+        except SafeDirError as err:
+            what = f"spool directory {self.directory}" if err.op == "list" else str(err.path)
+            raise SpoolError(f"cannot read {what}: {err.reason}") from err
 
-    def _rename_aside(self, path: Path, suffix: str) -> Optional[Path]:
-        target = path.with_name(path.name + suffix)
+    def _entry(self, listed: Listed) -> Optional[Entry]:
+        """The batch or set-aside file ``listed`` is; None for the lock, the agent's name, a
+        temporary or stray file, and anything that is not a regular file."""
+        name = listed.name
+        if not listed.regular or name in (LOCK_NAME, NAME_FILE) or name.startswith(TMP_PREFIX):
+            return None
+        path = self.directory / name
+        match = _BATCH.match(name)
+        if match:
+            return Entry(path, int(match.group(1)), int(match.group(2)), listed.size, True)
+        if name.endswith(ASIDE):
+            aside = _BATCH.match(name.rsplit(".", 1)[0])
+            stamp = int(aside.group(1)) if aside else int(listed.mtime)
+            return Entry(path, stamp, 0, listed.size, False)
+        return None
+
+    def _tidy(self, listed: Listed) -> Optional[Entry]:
+        """What ``tidy`` does with an entry that is not a batch: the set-aside file it becomes,
+        if any."""
+        name = listed.name
+        path = self.directory / name
+        if name in (LOCK_NAME, NAME_FILE):
+            return None
+        if not listed.regular:
+            if not (name == "lost+found" and stat.S_ISDIR(listed.mode)):
+                log.warning("spool: ignoring %s: %s, not a batch; it is never read, moved or removed",
+                            path, listed.kind)
+            return None
+        if name.startswith(TMP_PREFIX):
+            # Left by a run killed while writing; we hold the lock, so nobody is writing now.
+            self._unlink(name)
+            return None
+        log.warning("spool: %s is not a batch file; moving it aside", path)
+        return self._rename_aside(Entry(path, int(listed.mtime), 0, listed.size, False), ".corrupt")
+
+    def _rename_aside(self, entry: Entry, suffix: str) -> Optional[Entry]:
+        target = entry.path.with_name(entry.path.name + suffix)
         directory = self._dir()
         try:
-            os.rename(path.name, target.name, src_dir_fd=directory, dst_dir_fd=directory)
-        except FileNotFoundError:
-            return None
-        except OSError as err:
+            directory.rename(entry.path.name, target.name)
+        except SafeDirError as err:
+            if err.errno == errno.ENOENT:
+                return None
             # Unlinking is the only other way to make sure it is not retried forever.
-            log.warning("spool: cannot rename %s (%s); deleting it", path, err.strerror or err)
-            self._unlink(path.name)
+            log.warning("spool: cannot rename %s (%s); deleting it", entry.path, err.reason)
+            self._unlink(entry.path.name)
             return None
-        return target
+        return replace(entry, path=target, seq=0, pending=False)
 
     def _unlink(self, name: str) -> None:
+        directory = self._dir()
         try:
-            os.unlink(name, dir_fd=self._dir())
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise SpoolError(f"cannot remove {self.directory / name}: {err.strerror or err}") from err
-
-    def _discard(self, name: str) -> None:
-        try:
-            os.unlink(name, dir_fd=self._dir())
-        except (OSError, SpoolError):
-            pass
+            directory.unlink(name)
+        except SafeDirError as err:
+            raise SpoolError(f"cannot remove {self.directory / name}: {err.reason}") from err
 
 
-# O_NOFOLLOW: a symbolic link as the last component fails with ELOOP instead of being followed.
-_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _why(err: OSError) -> str:
-    if err.errno == errno.ELOOP:
-        return "a symbolic link: refusing to follow it"
-    if err.errno == errno.ENOTDIR:
-        return "not a directory"
-    return err.strerror or str(err)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a fifo"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+def _oldest_first(entries: Iterable[Entry]) -> List[Entry]:
+    return sorted(entries, key=lambda e: e.order)

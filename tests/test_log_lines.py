@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from container_netstat import cli
 from container_netstat import diagnostics
 
 

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
+from container_netstat import falcon, push
 from container_netstat.spool import (
     Bounds,
     CorruptBatch,
@@ -103,6 +104,7 @@ def test_a_stray_file_is_moved_aside_and_a_stale_temp_file_removed(tmp_path: Pat
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / ".tmp-1700000000-0000-abcd.json.gz").write_bytes(b"half")
     good = spool.write(items(NOW), NOW, 0)
+    spool.tidy()
     assert [e.path for e in spool.pending()] == [good.path]
     assert (tmp_path / "notes.txt.corrupt").exists()
     assert not (tmp_path / ".tmp-1700000000-0000-abcd.json.gz").exists()
@@ -180,3 +182,61 @@ def test_default_directory_is_var_spool_for_root_and_xdg_state_otherwise() -> No
     assert default_dir(0, {}) == Path("/var/spool/container-netstat")
     assert default_dir(1000, {"XDG_STATE_HOME": "/s", "HOME": "/h"}) == Path("/s/container-netstat")
     assert default_dir(1000, {"HOME": "/h"}) == Path("/h/.local/state/container-netstat")
+
+
+def test_entries_and_pending_only_read_and_tidy_does_the_changes(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    good = spool.write(items(NOW), NOW, 0)
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".tmp-1700000000-0001-abcd.json.gz").write_bytes(b"half")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert [e.path for e in spool.entries()] == [good.path]
+    assert [e.path for e in spool.pending()] == [good.path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    tidied = spool.tidy()
+    assert sorted((e.path.name, e.pending) for e in tidied) == sorted([(good.path.name, True),
+                                                                       ("notes.txt.corrupt", False)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good.path.name, "notes.txt.corrupt"])
+    assert sorted(e.path for e in tidied) == sorted(e.path for e in spool.entries())
+
+
+class _Sender:
+    def __init__(self, down: bool) -> None:
+        self.down = down
+
+    def send(self, body: bytes, count: int, budget: float) -> push.Reply:
+        if self.down:
+            raise push.Unreachable("Connection refused")
+        return push.Reply("agent", count, 0, "success")
+
+
+def test_one_delivery_lists_the_spool_directory_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It used to be four times (bounds, replay, bounds again after spooling, the count left)."""
+    spool = opened(tmp_path, Bounds(max_age=3600, max_bytes=10**9))
+    spool.lock()
+    spool.write(items(NOW - 7200), NOW - 7200, 0)  # out of the age bound
+    spool.write(items(NOW - 120), NOW - 120, 0)
+    listings: List[object] = []
+
+    def counting(real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            listings.append(args)
+            return real(*args)
+        return wrapper
+
+    monkeypatch.setattr(os, "listdir", counting(os.listdir))
+    monkeypatch.setattr(os, "scandir", counting(os.scandir))
+    down = push.deliver(items(NOW - 60), NOW - 60, _Sender(down=True), spool, 2, push.Deadline.after(10))
+    assert (down.dropped_batches, down.spooled_batches, down.waiting_batches) == (1, 2, 3)
+    assert len(listings) == 1
+    up = push.deliver(items(NOW), NOW, _Sender(down=False), spool, 1000, push.Deadline.after(10))
+    assert (up.replayed_batches, up.sent_batches, up.waiting_batches) == (3, 1, 0)
+    assert len(listings) == 2
+    monkeypatch.undo()
+    assert spool.pending() == []
+    spool.close()
+
+
+def test_a_batch_is_stored_as_the_json_text_a_push_sends() -> None:
+    batch = items(NOW)
+    assert gzip.decompress(encode(batch)) == falcon.dumps(batch).encode("utf-8")

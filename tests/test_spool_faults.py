@@ -192,6 +192,7 @@ def test_a_foreign_regular_file_is_set_aside_and_a_foreign_directory_left_alone(
     (tmp_path / "README").write_text("mine")
     (tmp_path / "backup").mkdir()
     (tmp_path / "backup" / "x").write_text("x")
+    spool.tidy()
     assert spool.pending() == []
     assert (tmp_path / "README.corrupt").read_text() == "mine"
     assert (tmp_path / "backup" / "x").read_text() == "x"

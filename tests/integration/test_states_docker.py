@@ -242,7 +242,7 @@ def test_the_run_ends_in_the_namespace_it_started_in_even_when_a_dump_fails(
     def cut_short(sock: Any, source: str) -> Any:
         yield b"\x48\x00\x00\x00"  # a header promising 72 bytes, and nothing after it
 
-    monkeypatch.setattr(netns, "_replies", cut_short)
+    monkeypatch.setattr(tcp_reader, "_replies", cut_short)
     reader = tcp_reader.TcpReader(proc)
     assert reader.probe() is None
     with pytest.raises(ParseError, match="cut short"):
@@ -325,7 +325,7 @@ def test_a_refused_legacy_request_falls_back_to_the_v2_pair_then_to_proc(
     reader = tcp_reader.TcpReader(ProcFS())
     assert reader.probe() is None
     expected = reader.read(pid)
-    monkeypatch.setattr(netns, "_replies", _refusing(1))
+    monkeypatch.setattr(tcp_reader, "_replies", _refusing(1))
     again = tcp_reader.TcpReader(ProcFS())
     again.probe()
     with caplog.at_level("INFO", logger="container_netstat"):
@@ -333,7 +333,7 @@ def test_a_refused_legacy_request_falls_back_to_the_v2_pair_then_to_proc(
     assert again.request == "v2" and got.path == "sock_diag" and got.summary == expected.summary
     assert "legacy TCPDIAG_GETSOCK request was refused" in caplog.text
     # Both refused: that namespace comes from /proc, said once, with the same counts.
-    monkeypatch.setattr(netns, "_replies", _refusing(3))
+    monkeypatch.setattr(tcp_reader, "_replies", _refusing(3))
     last = tcp_reader.TcpReader(ProcFS())
     last.probe()
     with caplog.at_level("INFO", logger="container_netstat"):
