@@ -169,10 +169,10 @@ def _source_options(f: F) -> F:
     def with_source(**kwargs: Any) -> Any:
         paths = HostPaths(kwargs.pop("proc_root"), kwargs.pop("cgroup_root"), kwargs.pop("run_root"),
                           kwargs.pop("var_root"), kwargs.pop("host_root"), kwargs.pop("runtime_dir"))
-        source = Settings(runtime=kwargs.pop("runtime"), docker_host=kwargs.pop("docker_host"),
+        given = Settings(runtime=kwargs.pop("runtime"), docker_host=kwargs.pop("docker_host"),
                           docker_timeout=kwargs.pop("docker_timeout"), paths=paths,
                           scope_overrides=kwargs.pop("field_scopes"))
-        return f(source=source, **kwargs)
+        return f(given=given, **kwargs)
 
     wrapped: Any = with_source
     for option in reversed(options):
@@ -185,7 +185,7 @@ def _snapshot(settings: Settings) -> "Tuple[discovery.Backend, Snapshot, Dict[st
     from container_netstat import run
     from container_netstat.errors import ContainerNetstatError, DockerUnavailable
 
-    backend = run.backend(settings, os.environ)
+    backend = run.choose_backend(settings, os.environ)
     try:
         snapshot, scopes = run.take_snapshot(settings, backend)
     except DockerUnavailable as err:
@@ -260,7 +260,7 @@ def collect(
     output_format: Optional[str],
     textfile: Optional[str],
     sort_by: str,
-    source: Settings,
+    given: Settings,
     endpoint: Optional[str],
     step: int,
     metric_groups: Optional[str],
@@ -293,7 +293,7 @@ def collect(
     _setup_logging(log_level)
     printed = output_format or ("json" if dry_run else None)
     groups, states_asked = _groups(metric_groups, tcp_states, sort_by if printed == "table" else None)
-    settings = dataclasses.replace(source, groups=frozenset(groups), states_asked=states_asked,
+    settings = dataclasses.replace(given, groups=frozenset(groups), states_asked=states_asked,
                                    include=include, exclude=exclude, fd_cap=hostnet_fd_cap)
     delivery = Delivery(falcon_url, endpoint, step, connect_timeout, read_timeout, batch_size)
     if textfile is not None and not Path(textfile).parent.is_dir():
@@ -437,7 +437,7 @@ def _push_exit_code(outcome: "Outcome", partial: bool, docker_down: bool = False
               help="json for tools, text for a terminal.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="warning", show_default=True, help="Diagnostics on stderr at this level and above.")
-def doctor(source: Settings, output_format: str, log_level: str) -> None:
+def doctor(given: Settings, output_format: str, log_level: str) -> None:
     """Explain this host: each metric's scope on this kernel, the Docker API version,
     which containers share a namespace, and any container that could not be read and why.
 
@@ -449,7 +449,7 @@ def doctor(source: Settings, output_format: str, log_level: str) -> None:
     from container_netstat.errors import DockerUnavailable
 
     _setup_logging(log_level)
-    settings = dataclasses.replace(source, groups=frozenset({metrics.BASIC, metrics.STATES, metrics.HOSTNET}))
+    settings = dataclasses.replace(given, groups=frozenset({metrics.BASIC, metrics.STATES, metrics.HOSTNET}))
     backend, snapshot, scopes = _snapshot(settings)
     unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None
     where = redact(backend.where)

@@ -231,7 +231,7 @@ class ProcBackend:
             owner = init.owner
             identity = files.identify(container_id, owner.runtime, owner.pod_uid, init.pid)
             log.debug("container %s: %s runtime, pid %d, named from %s",
-                      container_id[:12], owner.runtime or "unknown", init.pid, identity.source)
+                      container_id[:12], owner.runtime or "unknown", init.pid, identity.named_from)
             out.append(Container(
                 id=container_id,
                 name=identity.name or container_id[:12],

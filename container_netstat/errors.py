@@ -10,10 +10,10 @@ class ContainerNetstatError(Exception):
 class ParseError(ContainerNetstatError):
     """A /proc file did not have the format we expect."""
 
-    def __init__(self, source: str, message: str, line: int | None = None) -> None:
-        where = f"{source}:{line}" if line is not None else source
+    def __init__(self, path: str, message: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {message}")
-        self.source = source
+        self.path = path
         self.line = line
 
 

@@ -39,20 +39,20 @@ Getter = Callable[[Readings], Optional[int]]
 
 @dataclass(frozen=True)
 class Metric:
-    """A catalogue entry: emitted name (without PREFIX), group, type, source, meaning."""
+    """A catalogue entry: emitted name (without PREFIX), group, type, what it reads, meaning."""
 
     name: str
     group: str
     counter_type: str
-    source: str
+    reads: str
     meaning: str
     get: Getter
     scope_field: Optional[str] = None
     optional: bool = False  # a field some kernels lack: skipped there, not an error
 
 
-def _f(sections: procnet.Sections, section: str, name: str, source: str) -> int:
-    return procnet.field(sections, section, name, source)
+def _f(sections: procnet.Sections, section: str, name: str, path: str) -> int:
+    return procnet.field(sections, section, name, path)
 
 
 def _f6(sections: procnet.Sections, section: str, name: str) -> int:
@@ -181,7 +181,7 @@ class HostnetMetric:
     """A hostnet catalogue entry: a figure of the sockets a host-network container holds."""
 
     name: str
-    source: str
+    reads: str
     meaning: str
     get: Callable[[Figures], Optional[int]]
     counter_type: str = GAUGE

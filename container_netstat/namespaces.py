@@ -77,9 +77,9 @@ def _only(sections: procnet.Sections, keep: Tuple[str, ...]) -> procnet.Sections
     return {name: fields for name, fields in sections.items() if name in keep}
 
 
-def _tcp_sockets(sockstat: procnet.Sections, sockstat6: procnet.Sections, source: str) -> int:
+def _tcp_sockets(sockstat: procnet.Sections, sockstat6: procnet.Sections, path: str) -> int:
     """TCP sockets of a namespace by sockstat: inuse (IPv4 and IPv6) and TIME_WAIT."""
-    return (procnet.field(sockstat, "TCP", "inuse", source) + procnet.field(sockstat, "TCP", "tw", source)
+    return (procnet.field(sockstat, "TCP", "inuse", path) + procnet.field(sockstat, "TCP", "tw", path)
             + sockstat6.get("TCP6", {}).get("inuse", 0))
 
 
@@ -250,7 +250,7 @@ def collect(
         gone=tuple(gone),
         failed=tuple(failed),
         host_network=tuple(host_network),
-        pid_sources={c.name: resolved[c.id].source for c in roots if c.id in resolved},
+        pid_sources={c.name: resolved[c.id].via for c in roots if c.id in resolved},
         tcp_path=_tcp_path(path, namespaces, STATES in groups),
         groups=frozenset(groups),
         host_joined=host_joined,

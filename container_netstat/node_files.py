@@ -32,7 +32,7 @@ shown here (``<var>/lib/docker``, ``<run>/containerd``, ``<var>/lib/containers/s
    pod by its uid (from the cgroup path) and ``<var>/log/containers/
    <pod>_<namespace>_<container>-<id>.log`` a container by its id.
 
-Whatever the source, the Kubernetes identity is given under the kubelet's own label
+Whatever the file, the Kubernetes identity is given under the kubelet's own label
 keys (``io.kubernetes.pod.name``, ``.pod.namespace``, ``.pod.uid``,
 ``io.kubernetes.container.name``), the keys Docker shows, so ``--include``/``--exclude``
 and the pod tags work the same on every runtime.
@@ -61,7 +61,7 @@ class Identity:
     name: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     network_mode: str = "default"
-    source: str = ""
+    named_from: str = ""
 
 
 def _json(text: str) -> Any:
@@ -83,11 +83,11 @@ def parse_docker_config(config_text: str, hostconfig_text: str = "") -> Optional
         name=str(config.get("Name") or "").lstrip("/"),
         labels={str(k): str(v) for k, v in labels.items()},
         network_mode=str(mode or "default"),
-        source="docker config.v2.json",
+        named_from="docker config.v2.json",
     )
 
 
-def parse_bundle_config(text: str, container_id: str, source: str) -> Optional[Identity]:
+def parse_bundle_config(text: str, container_id: str, named_from: str) -> Optional[Identity]:
     """An OCI bundle's config.json -> its annotations, plus the kubelet labels they carry."""
     config = _json(text)
     if not isinstance(config, dict):
@@ -95,7 +95,7 @@ def parse_bundle_config(text: str, container_id: str, source: str) -> Optional[I
     raw = config.get("annotations") or {}
     annotations = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
     labels = {**annotations, **kubernetes.kubernetes_labels(annotations)}
-    return Identity(name=kubernetes.container_name(labels, container_id[:12]), labels=labels, source=source)
+    return Identity(name=kubernetes.container_name(labels, container_id[:12]), labels=labels, named_from=named_from)
 
 
 def parse_storage_names(text: str) -> Dict[str, str]:
@@ -179,8 +179,8 @@ class NodeFiles:
             tasks = os.path.join(state, _CONTAINERD_TASKS)
             paths += [(os.path.join(tasks, ns, container_id, "config.json"), f"containerd bundle ({ns})")
                       for ns in self._list(tasks)]
-        for roots, source in ((self.dirs.runroot, "cri-o bundle"), (self.dirs.graphroot, "podman bundle")):
-            paths += [(os.path.join(d, container_id, "userdata", "config.json"), source)
+        for roots, named_from in ((self.dirs.runroot, "cri-o bundle"), (self.dirs.graphroot, "podman bundle")):
+            paths += [(os.path.join(d, container_id, "userdata", "config.json"), named_from)
                       for root in roots for d in self._storage_dirs(root)]
         return paths
 
@@ -192,9 +192,9 @@ class NodeFiles:
         # Only a containerd shim runs in the bundle; conmon and others run anywhere.
         if shim and (_read(os.path.join(self.proc_root, str(shim), "comm")) or "").startswith("containerd-shim"):
             paths.append((os.path.join(self.proc_root, str(shim), "cwd", "config.json"), "shim bundle"))
-        for path, source in paths:
+        for path, named_from in paths:
             text = _read(path)
-            identity = parse_bundle_config(text, container_id, source) if text is not None else None
+            identity = parse_bundle_config(text, container_id, named_from) if text is not None else None
             if identity is not None:
                 return identity
         return None
@@ -243,7 +243,7 @@ class NodeFiles:
         labels = {POD_NAMESPACE: namespace, POD_NAME: pod, kubernetes.CONTAINER_NAME: container}
         if pod_uid:
             labels[POD_UID] = pod_uid
-        return Identity(name=kubernetes.container_name(labels, container_id[:12]), labels=labels, source="kubelet log dirs")
+        return Identity(name=kubernetes.container_name(labels, container_id[:12]), labels=labels, named_from="kubelet log dirs")
 
     def identify(self, container_id: str, runtime: str, pod_uid: str = "", pid: Optional[int] = None) -> Identity:
         """Everything the node's files say about a container; its short id if nothing does.
@@ -260,7 +260,7 @@ class NodeFiles:
                 mode = found.network_mode if found is not None else "default"
                 return replace(logged, labels={**extra, **logged.labels}, network_mode=mode)
         if found is None:
-            found = Identity(name=container_id[:12], source="cgroup")
+            found = Identity(name=container_id[:12], named_from="cgroup")
         if found.name in ("", container_id[:12]):
             found = replace(found, name=self.storage_name(container_id) or container_id[:12])
         if pod_uid and not found.labels.get(POD_UID):

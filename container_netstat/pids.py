@@ -58,10 +58,10 @@ _Key = Tuple[str, str, str]
 
 @dataclass(frozen=True)
 class Resolved:
-    """A pid inside a container and the source that gave it."""
+    """A pid inside a container and the way it was found (cgroup, pid-file, inspect, proc-scan)."""
 
     pid: int
-    source: str
+    via: str
 
 
 def _read_pids(path: str) -> List[int]:
@@ -255,13 +255,13 @@ class PidResolver:
                 found[container_id] = Resolved(hint, "proc-scan")
                 continue
             pid = self.from_cgroup(container_id, pod_uid)
-            source = "cgroup"
+            via = "cgroup"
             if pid is None:
-                pid, source = self.from_pid_file(container_id), "pid-file"
+                pid, via = self.from_pid_file(container_id), "pid-file"
             if pid is None:
                 missing.append(container_id)
             else:
-                found[container_id] = Resolved(pid, source)
+                found[container_id] = Resolved(pid, via)
         if missing and self.inspect is not None:
             from concurrent.futures import ThreadPoolExecutor  # only when the fast paths missed
 
@@ -271,5 +271,5 @@ class PidResolver:
                     if pid:
                         found[container_id] = Resolved(pid, "inspect")
         for container_id, resolved in found.items():
-            log.debug("container %s: pid %d from %s", container_id[:12], resolved.pid, resolved.source)
+            log.debug("container %s: pid %d from %s", container_id[:12], resolved.pid, resolved.via)
         return found

@@ -16,71 +16,71 @@ from container_netstat.errors import ParseError
 Sections = Dict[str, Dict[str, int]]
 
 
-def _to_int(token: str, source: str, lineno: int) -> int:
+def _to_int(token: str, path: str, lineno: int) -> int:
     try:
         return int(token)
     except ValueError:
-        raise ParseError(source, f"not an integer: {token!r}", lineno) from None
+        raise ParseError(path, f"not an integer: {token!r}", lineno) from None
 
 
-def _split_prefix(line: str, source: str, lineno: int) -> tuple[str, list[str]]:
+def _split_prefix(line: str, path: str, lineno: int) -> tuple[str, list[str]]:
     prefix, sep, rest = line.partition(":")
     if not sep or not prefix or " " in prefix:
-        raise ParseError(source, f"no 'Section:' prefix in {line[:80]!r}", lineno)
+        raise ParseError(path, f"no 'Section:' prefix in {line[:80]!r}", lineno)
     return prefix, rest.split()
 
 
-def parse_sockstat(text: str, source: str = "sockstat") -> Sections:
+def parse_sockstat(text: str, path: str = "sockstat") -> Sections:
     """Parse sockstat/sockstat6: lines of ``SECTION: name value name value ...``."""
     sections: Sections = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        prefix, tokens = _split_prefix(line, source, lineno)
+        prefix, tokens = _split_prefix(line, path, lineno)
         if not tokens or len(tokens) % 2:
-            raise ParseError(source, f"{prefix}: expected name/value pairs", lineno)
+            raise ParseError(path, f"{prefix}: expected name/value pairs", lineno)
         fields = {
-            tokens[i]: _to_int(tokens[i + 1], source, lineno) for i in range(0, len(tokens), 2)
+            tokens[i]: _to_int(tokens[i + 1], path, lineno) for i in range(0, len(tokens), 2)
         }
         if prefix in sections:
-            raise ParseError(source, f"section {prefix} appears twice", lineno)
+            raise ParseError(path, f"section {prefix} appears twice", lineno)
         sections[prefix] = fields
     if not sections:
-        raise ParseError(source, "empty file")
+        raise ParseError(path, "empty file")
     return sections
 
 
-def parse_snmp(text: str, source: str = "snmp") -> Sections:
+def parse_snmp(text: str, path: str = "snmp") -> Sections:
     """Parse snmp/netstat: pairs of a header line and a value line with the same prefix."""
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
-        raise ParseError(source, "empty file")
+        raise ParseError(path, "empty file")
     if len(lines) % 2:
-        raise ParseError(source, "header line without a value line", lines[-1][0])
+        raise ParseError(path, "header line without a value line", lines[-1][0])
     sections: Sections = {}
     for (hno, header), (vno, values) in zip(lines[0::2], lines[1::2]):
-        hprefix, names = _split_prefix(header, source, hno)
-        vprefix, tokens = _split_prefix(values, source, vno)
+        hprefix, names = _split_prefix(header, path, hno)
+        vprefix, tokens = _split_prefix(values, path, vno)
         if hprefix != vprefix:
-            raise ParseError(source, f"header {hprefix}: followed by {vprefix}:", vno)
+            raise ParseError(path, f"header {hprefix}: followed by {vprefix}:", vno)
         if len(names) != len(tokens):
             raise ParseError(
-                source, f"{hprefix}: {len(names)} names but {len(tokens)} values", vno
+                path, f"{hprefix}: {len(names)} names but {len(tokens)} values", vno
             )
         if hprefix in sections:
-            raise ParseError(source, f"section {hprefix} appears twice", hno)
+            raise ParseError(path, f"section {hprefix} appears twice", hno)
         sections[hprefix] = {
-            name: _to_int(tok, source, vno) for name, tok in zip(names, tokens)
+            name: _to_int(tok, path, vno) for name, tok in zip(names, tokens)
         }
     return sections
 
 
-def field(sections: Mapping[str, Mapping[str, int]], section: str, name: str, source: str) -> int:
+def field(sections: Mapping[str, Mapping[str, int]], section: str, name: str, path: str) -> int:
     """Return one field, or raise ParseError naming the file if the kernel did not print it."""
     try:
         return sections[section][name]
     except KeyError:
-        raise ParseError(source, f"missing field {section}: {name}") from None
+        raise ParseError(path, f"missing field {section}: {name}") from None
 
 
 # /proc/net/tcp "st" column (include/net/tcp_states.h), as printed: two hex digits.
@@ -91,7 +91,7 @@ _TCP_STATE_CODES = {code: number for number, code in ((n, f"{n:02X}") for n in S
 _MAPPED_PREFIX = "0000000000000000" + ("FFFF0000" if sys.byteorder == "little" else "0000FFFF")
 
 
-def parse_tcp_sockets(text: str, source: str = "tcp") -> List[TcpSocket]:
+def parse_tcp_sockets(text: str, path: str = "tcp") -> List[TcpSocket]:
     """The sockets of /proc/net/tcp or tcp6: state, remote, queues and inode of each line.
 
     The listener backlog is not in these files (tx_queue of a LISTEN line is not it),
@@ -101,17 +101,17 @@ def parse_tcp_sockets(text: str, source: str = "tcp") -> List[TcpSocket]:
     """
     lines = text.splitlines()
     if not lines or not lines[0].split()[:1] == ["sl"]:
-        raise ParseError(source, "no 'sl local_address ...' header", 1)
+        raise ParseError(path, "no 'sl local_address ...' header", 1)
     sockets: List[TcpSocket] = []
     for lineno, line in enumerate(lines[1:], 2):
         fields = line.split()
         if not fields:
             continue
         if len(fields) < 10:
-            raise ParseError(source, f"{len(fields)} fields, expected at least 10", lineno)
+            raise ParseError(path, f"{len(fields)} fields, expected at least 10", lineno)
         state = _TCP_STATE_CODES.get(fields[3].upper())
         if state is None:
-            raise ParseError(source, f"unknown TCP state {fields[3]!r}", lineno)
+            raise ParseError(path, f"unknown TCP state {fields[3]!r}", lineno)
         address, _, port = fields[2].partition(":")
         queues = fields[4].partition(":")
         try:
@@ -121,14 +121,14 @@ def parse_tcp_sockets(text: str, source: str = "tcp") -> List[TcpSocket]:
             rqueue = int(queues[2], 16)
             inode = int(fields[9])
         except ValueError:
-            raise ParseError(source, f"malformed line {line.strip()[:80]!r}", lineno) from None
+            raise ParseError(path, f"malformed line {line.strip()[:80]!r}", lineno) from None
         sockets.append(TcpSocket(state, peer, rqueue, UNKNOWN_BACKLOG, inode))
     return sockets
 
 
-def parse_tcp_states(text: str, source: str = "tcp") -> Dict[str, int]:
+def parse_tcp_states(text: str, path: str = "tcp") -> Dict[str, int]:
     """Count /proc/net/tcp or tcp6 lines per state name, plus ``orphan``.
 
     The result always has every state name and ``orphan``, zero where none.
     """
-    return dict(summarize(parse_tcp_sockets(text, source)).states)
+    return dict(summarize(parse_tcp_sockets(text, path)).states)

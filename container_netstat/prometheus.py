@@ -74,10 +74,10 @@ def label_value(value: str) -> str:
 
 def _help_texts() -> Dict[str, str]:
     texts = {
-        metrics.PREFIX + m.name: f"{m.meaning} ({m.source})"
+        metrics.PREFIX + m.name: f"{m.meaning} ({m.reads})"
         for m in (*metrics.NETNS_METRICS, *metrics.HOST_METRICS)
     }
-    texts.update({metrics.PREFIX + m.name: f"host-network container or pod: {m.meaning} ({m.source})"
+    texts.update({metrics.PREFIX + m.name: f"host-network container or pod: {m.meaning} ({m.reads})"
                   for m in metrics.HOSTNET_METRICS})
     texts.update({metrics.PREFIX + name: meaning for name, meaning in metrics.COLLECTOR_METRICS})
     return texts

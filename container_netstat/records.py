@@ -102,7 +102,7 @@ class Snapshot:
     gone: Tuple[str, ...]
     failed: Tuple[Tuple[str, str], ...]  # (container name, reason)
     host_network: Tuple[str, ...]
-    pid_sources: Mapping[str, str] = field(default_factory=dict)  # container name -> source
+    pid_sources: Mapping[str, str] = field(default_factory=dict)  # container name -> how its pid was found
     tcp_path: Optional["TcpPath"] = None  # how TCP states were read; None without the group
     groups: AbstractSet[str] = frozenset()  # the metric groups read (states may have been left out)
     host_joined: Tuple[Tuple[str, str], ...] = ()  # (container, the host-network container it joins)

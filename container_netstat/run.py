@@ -18,7 +18,7 @@ from container_netstat.settings import Settings
 from container_netstat.tcp_reader import TcpReader
 
 
-def backend(settings: Settings, environ: Mapping[str, str]) -> discovery.Backend:
+def choose_backend(settings: Settings, environ: Mapping[str, str]) -> discovery.Backend:
     """The discovery backend the settings choose (no call to the runtime yet)."""
     p = settings.paths
     paths = discovery.Paths(p.proc_root, p.run_root, p.var_root, p.host_root, p.runtime_dirs)
@@ -38,7 +38,7 @@ def tcp_reader(proc: ProcFS, settings: Settings) -> Optional[TcpReader]:
     return reader
 
 
-def take_snapshot(settings: Settings, source: discovery.Backend) -> Tuple[Snapshot, Dict[str, str]]:
+def take_snapshot(settings: Settings, backend: discovery.Backend) -> Tuple[Snapshot, Dict[str, str]]:
     """Read every container namespace once: (snapshot, field scopes of this kernel).
 
     Raises DockerUnavailable when the runtime cannot be reached, ContainerNetstatError when the
@@ -48,8 +48,8 @@ def take_snapshot(settings: Settings, source: discovery.Backend) -> Tuple[Snapsh
     p = settings.paths
     proc = ProcFS(p.proc_root)
     tcp = tcp_reader(proc, settings)
-    containers = filters.select(source.containers(), settings.include, settings.exclude)
-    resolver = PidResolver(proc, p.cgroup_root, p.run_root, inspect=source.inspector())
-    snapshot = namespaces.collect(containers, resolver, proc, set(settings.groups), tcp, source.members,
+    containers = filters.select(backend.containers(), settings.include, settings.exclude)
+    resolver = PidResolver(proc, p.cgroup_root, p.run_root, inspect=backend.inspector())
+    snapshot = namespaces.collect(containers, resolver, proc, set(settings.groups), tcp, backend.members,
                                   settings.fd_cap)
     return snapshot, kernel_scopes.field_scopes(snapshot.host.kernel_release, settings.scope_overrides)

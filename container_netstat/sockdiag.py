@@ -59,8 +59,8 @@ _MAPPED = b"\0" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d
 class DumpRefused(ContainerNetstatError):
     """The kernel answered the request with NLMSG_ERROR (errno, e.g. ENOENT: no inet_diag)."""
 
-    def __init__(self, source: str, code: int) -> None:
-        super().__init__(f"{source}: refused: {os.strerror(code) if code else 'error'} (errno {code})")
+    def __init__(self, path: str, code: int) -> None:
+        super().__init__(f"{path}: refused: {os.strerror(code) if code else 'error'} (errno {code})")
         self.code = code
 
 
@@ -94,7 +94,7 @@ def _peer(family: int, address: bytes, port: bytes) -> Tuple[bytes, int]:
 
 
 def decode(
-    replies: Iterable[bytes], source: str = "sock_diag", inodes: Optional[AbstractSet[int]] = None
+    replies: Iterable[bytes], path: str = "sock_diag", inodes: Optional[AbstractSet[int]] = None
 ) -> Iterator[TcpSocket]:
     """The sockets of one dump, from its reply datagrams in order, up to NLMSG_DONE.
 
@@ -108,23 +108,23 @@ def decode(
         offset = 0
         while offset < len(data):
             if len(data) - offset < _HEADER.size:
-                raise ParseError(source, f"message header cut short at byte {offset}")
+                raise ParseError(path, f"message header cut short at byte {offset}")
             length, kind, flags, _seq, _pid = _HEADER.unpack_from(data, offset)
             if length < _HEADER.size or offset + length > len(data):
-                raise ParseError(source, f"message of {length} bytes at byte {offset} cut short")
+                raise ParseError(path, f"message of {length} bytes at byte {offset} cut short")
             if flags & NLM_F_DUMP_INTR:
-                raise ParseError(source, "dump interrupted: the socket tables changed under it")
+                raise ParseError(path, "dump interrupted: the socket tables changed under it")
             body = offset + _HEADER.size
             if kind == NLMSG_DONE:
                 code = struct.unpack_from("=i", data, body)[0] if length >= _HEADER.size + 4 else 0
                 if code < 0:
-                    raise DumpRefused(source, -code)
+                    raise DumpRefused(path, -code)
                 return
             if kind == NLMSG_ERROR:
                 code = struct.unpack_from("=i", data, body)[0] if length >= _HEADER.size + 4 else -errno.EIO
-                raise DumpRefused(source, -code)
+                raise DumpRefused(path, -code)
             if length - _HEADER.size < _MSG.size:
-                raise ParseError(source, f"inet_diag_msg of {length - _HEADER.size} bytes, expected {_MSG.size}")
+                raise ParseError(path, f"inet_diag_msg of {length - _HEADER.size} bytes, expected {_MSG.size}")
             if inodes is not None and _INODE.unpack_from(data, body + _INODE_AT)[0] not in inodes:
                 offset += (length + 3) & ~3
                 continue
@@ -133,11 +133,11 @@ def decode(
             if state in STATE_NAMES:
                 yield TcpSocket(state, _peer(family, dst, dport), rqueue, wqueue, inode)
             offset += (length + 3) & ~3
-    raise ParseError(source, "replies ended before NLMSG_DONE")
+    raise ParseError(path, "replies ended before NLMSG_DONE")
 
 
 def decode_all(
-    replies: Iterable[bytes], source: str = "sock_diag", inodes: Optional[AbstractSet[int]] = None
+    replies: Iterable[bytes], path: str = "sock_diag", inodes: Optional[AbstractSet[int]] = None
 ) -> List[TcpSocket]:
     """``decode`` into a list."""
-    return list(decode(replies, source, inodes))
+    return list(decode(replies, path, inodes))

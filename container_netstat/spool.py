@@ -131,14 +131,14 @@ def encode(items: Sequence[Item]) -> bytes:
     return gzip.compress(falcon.dumps(list(items)).encode("utf-8"), compresslevel=6, mtime=0)
 
 
-def decode(data: bytes, source: str) -> List[Item]:
+def decode(data: bytes, path: str) -> List[Item]:
     """The items of a stored batch; CorruptBatch if it is not a gzipped JSON array of objects."""
     try:
         items = json.loads(gzip.decompress(data).decode("utf-8"))
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as err:
-        raise CorruptBatch(f"{source}: {err}") from err
+        raise CorruptBatch(f"{path}: {err}") from err
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise CorruptBatch(f"{source}: not a JSON array of objects")
+        raise CorruptBatch(f"{path}: not a JSON array of objects")
     return items
 
 

@@ -90,7 +90,7 @@ class _Home:
         self.setns(self.home_fd, CLONE_NEWNET)
 
 
-def parse_port_range(text: str, source: str = PORT_RANGE) -> int:
+def parse_port_range(text: str, path: str = PORT_RANGE) -> int:
     """``ip_local_port_range`` (``lo<TAB>hi``) -> how many ephemeral ports: hi - lo + 1."""
     from container_netstat.errors import ParseError
 
@@ -98,9 +98,9 @@ def parse_port_range(text: str, source: str = PORT_RANGE) -> int:
     try:
         low, high = int(parts[0]), int(parts[1])
     except (IndexError, ValueError):
-        raise ParseError(source, f"expected two port numbers, got {text.strip()[:40]!r}") from None
+        raise ParseError(path, f"expected two port numbers, got {text.strip()[:40]!r}") from None
     if not 0 < low <= high <= 65535:
-        raise ParseError(source, f"not a port range: {low} {high}")
+        raise ParseError(path, f"not a port range: {low} {high}")
     return high - low + 1
 
 
@@ -261,8 +261,8 @@ class TcpReader:
             os.close(ns_fd)
         try:
             sock.settimeout(NETLINK_TIMEOUT)
-            source = f"sock_diag of {path}"
-            sockets = self._dump(sock, source, protocol, select)
+            label = f"sock_diag of {path}"
+            sockets = self._dump(sock, label, protocol, select)
         finally:
             sock.close()
         try:
@@ -276,14 +276,14 @@ class TcpReader:
         port_range = parse_port_range(range_text) if range_text is not None else None
         return sockets, port_range
 
-    def _dump(self, sock: socket.socket, source: str, protocol: str, select: Selection) -> List[TcpSocket]:
+    def _dump(self, sock: socket.socket, path: str, protocol: str, select: Selection) -> List[TcpSocket]:
         """For TCP the legacy request's one walk, the v2 pair where the kernel refuses it;
         for UDP the v2 pair (the legacy request knows TCP only, inet_diag_dump_compat)."""
         if protocol == TCP and self.request == "legacy":
             sock.send(sockdiag.legacy_request(states=select.states))
             try:
                 # A list, so that a refusal shows before anything is counted.
-                return sockdiag.decode_all(_replies(sock, source), source, select.inodes)
+                return sockdiag.decode_all(_replies(sock, path), path, select.inodes)
             except sockdiag.DumpRefused as err:
                 log.info("sock_diag: the legacy TCPDIAG_GETSOCK request was refused (%s); using "
                          "SOCK_DIAG_BY_FAMILY per family", err)
@@ -293,7 +293,7 @@ class TcpReader:
         for family in (sockdiag.AF_INET, sockdiag.AF_INET6):
             sock.send(sockdiag.v2_request(family, states=select.states, protocol=number))
             try:
-                found += sockdiag.decode(_replies(sock, source), source, select.inodes)
+                found += sockdiag.decode(_replies(sock, path), path, select.inodes)
             except sockdiag.DumpRefused as err:
                 if family == sockdiag.AF_INET6 and err.code in (errno.ENOENT, errno.EAFNOSUPPORT):
                     continue  # no IPv6 in this kernel: no IPv6 sockets
@@ -327,14 +327,14 @@ def _netlink_socket() -> socket.socket:
         raise SockDiagUnsupported(f"no NETLINK_SOCK_DIAG socket ({err.strerror or err})") from err
 
 
-def _replies(sock: socket.socket, source: str) -> Iterator[bytes]:
+def _replies(sock: socket.socket, path: str) -> Iterator[bytes]:
     while True:
         try:
             data = sock.recv(RECV_BUFFER)
         except socket.timeout as err:
-            raise ProcReadError(f"{source}: no reply within {NETLINK_TIMEOUT:.0f} s") from err
+            raise ProcReadError(f"{path}: no reply within {NETLINK_TIMEOUT:.0f} s") from err
         except OSError as err:
-            raise ProcReadError(f"{source}: {err.strerror or err}") from err
+            raise ProcReadError(f"{path}: {err.strerror or err}") from err
         if not data:
             return
         yield data

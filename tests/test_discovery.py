@@ -199,7 +199,7 @@ def test_known_pid_is_trusted_only_after_the_cgroup_check(host: Host) -> None:
     proc = ProcFS(host.paths.proc_root)
     resolver = PidResolver(proc, str(host.root / "cgroup"), host.paths.run_root)
     got = resolver.resolve([(DOCKER_ID, ""), (APP_ID, "")], known={DOCKER_ID: 300, APP_ID: 300})
-    assert got[DOCKER_ID].pid == 300 and got[DOCKER_ID].source == "proc-scan"
+    assert got[DOCKER_ID].pid == 300 and got[DOCKER_ID].via == "proc-scan"
     assert APP_ID not in got  # pid 300 is not in that container, and nothing else finds it
 
 
