@@ -218,7 +218,7 @@ def _snapshot(settings: Settings) -> "Tuple[discovery.Backend, Snapshot, Dict[st
               "sock_diag dump inside each namespace), hostnet (host-network containers and pods: the "
               "TCP and UDP sockets their own processes hold, from /proc/<pid>/fd; not in the default). "
               "By default states are left out where sock_diag cannot be used (no CAP_SYS_ADMIN): "
-              "/proc/<pid>/net/tcp{,6} would cost about 4x.")
+              "/proc/<pid>/net/tcp{,6} would cost 4-12x a run without them.")
 @click.option("--hostnet-fd-cap", type=click.IntRange(min=1), default=65536, show_default=True, metavar="N",
               help="hostnet group: a host-network container or pod with a process holding more open fds "
               "than this is left out of the run, with a warning naming the process.")

@@ -75,7 +75,7 @@ def tcp_states(snapshot: Snapshot, unavailable: Optional[str]) -> Dict[str, Any]
     path = snapshot.tcp_path
     info: Dict[str, Any] = {
         "path": "sock_diag" if unavailable is None else "proc",
-        "default": "on" if unavailable is None else "off: --tcp-states reads /proc/<pid>/net/tcp{,6} (about 4x the cost)",
+        "default": "on" if unavailable is None else "off: --tcp-states reads /proc/<pid>/net/tcp{,6} (4-12x the cost)",
         "why": "setns into each namespace and one NETLINK_SOCK_DIAG dump" if unavailable is None else unavailable,
         "request": path.request if path is not None else "",
         "read_from_proc": list(path.proc_fallbacks) if path is not None else [],

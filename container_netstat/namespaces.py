@@ -312,10 +312,10 @@ def _tcp_decision(
         log.info("TCP states: sock_diag inside each network namespace")
     elif tcp.optional:
         log.info("TCP states: off (%s); --tcp-states reads them from /proc/<pid>/net/tcp{,6} at about "
-                 "4x the cost of a run without them", why)
+                 "4-12x the cost of a run without them", why)
         return None, groups - {STATES}, tcp
     else:
-        log.info("TCP states: from /proc/<pid>/net/tcp{,6} (%s): about 4x the cost of a run without them", why)
+        log.info("TCP states: from /proc/<pid>/net/tcp{,6} (%s): 4-12x the cost of a run without them", why)
     return tcp, groups, tcp
 
 

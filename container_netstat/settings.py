@@ -39,7 +39,7 @@ class Settings:
     groups: AbstractSet[str] = DEFAULT_GROUPS
     # The privileged path: True when TCP states were asked for (--tcp-states, --metrics with
     # states, --sort close_wait), so they are read from /proc where sock_diag cannot be used;
-    # False leaves them out there (the /proc path costs about four times a run without them).
+    # False leaves them out there (the /proc path costs 4-12x a run without them).
     states_asked: bool = False
     include: Tuple[str, ...] = ()
     exclude: Tuple[str, ...] = ()

@@ -146,7 +146,7 @@ class TcpReader:
         """After a good probe, whether ``pid``'s ns file opens: None if it does (or the pid
         is gone), else the reason, and sock_diag is then off for the run. Without ptrace
         access to one container's processes (CAP_SYS_PTRACE) there is usually none to any,
-        and every namespace would be read from /proc at four times the cost."""
+        and every namespace would be read from /proc at several times the cost."""
         if self.path != SOCK_DIAG:
             return self.unavailable
         try:
