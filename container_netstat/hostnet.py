@@ -252,7 +252,7 @@ def _group_inodes(group: Group, finder: MemberFinder, proc: ProcFS, cap: int) ->
     return frozenset(held), read
 
 
-def collect(
+def read_groups(
     groups: Sequence[Group],
     reader: TcpReader,
     proc: ProcFS,

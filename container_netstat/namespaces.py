@@ -132,7 +132,7 @@ def _retrying(resolver: PidResolver, container: Container, pid: int, read: Calla
         return again.pid, read(again.pid)
 
 
-def collect(
+def read_namespaces(
     containers: Sequence[Container],
     resolver: PidResolver,
     proc: ProcFS,
@@ -293,7 +293,7 @@ def _hostnet(
         reader = TcpReader(proc)
         reader.probe()
     finder = MemberFinder(proc, resolver.cgroup_root, known=scanned)
-    report = hostnet.collect(groups, reader, proc, finder, HOST_PID, fd_cap)
+    report = hostnet.read_groups(groups, reader, proc, finder, HOST_PID, fd_cap)
     if tcp is None:
         reader.close()
     return replace(report, gone=(*gone, *report.gone))

@@ -50,6 +50,6 @@ def take_snapshot(settings: Settings, backend: discovery.Backend) -> Tuple[Snaps
     tcp = tcp_reader(proc, settings)
     containers = filters.select(backend.containers(), settings.include, settings.exclude)
     resolver = PidResolver(proc, p.cgroup_root, p.run_root, inspect=backend.inspector())
-    snapshot = namespaces.collect(containers, resolver, proc, set(settings.groups), tcp, backend.members,
+    snapshot = namespaces.read_namespaces(containers, resolver, proc, set(settings.groups), tcp, backend.members,
                                   settings.fd_cap)
     return snapshot, kernel_scopes.field_scopes(snapshot.host.kernel_release, settings.scope_overrides)

@@ -265,7 +265,7 @@ def group(tags: str, *members: Tuple[Container, int]) -> Group:
 
 def run(groups: Sequence[Group], reader: TcpReader, **kw: Any) -> hostnet.Report:
     known = {c.id: [pid] for g in groups for c, pid in g.containers}
-    return hostnet.collect(groups, reader, PROC, MemberFinder(PROC, known=known), os.getpid(), **kw)
+    return hostnet.read_groups(groups, reader, PROC, MemberFinder(PROC, known=known), os.getpid(), **kw)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from container_netstat import namespaces as collecting
+from container_netstat import namespaces
 from container_netstat import docker_api
 from container_netstat.metrics import DEFAULT_GROUPS
 from container_netstat.metrics import NETNS_METRICS
@@ -195,7 +195,7 @@ def test_container_exiting_between_list_and_read_is_skipped(run_container: Any, 
     assert len(listed) == 2
     leaves.kill()
     leaves.wait(timeout=30)
-    snapshot = collecting.collect(listed, PidResolver(proc, inspect=docker_api.inspector(client)), proc)
+    snapshot = namespaces.read_namespaces(listed, PidResolver(proc, inspect=docker_api.inspector(client)), proc)
     assert [ns.owner.name for ns in snapshot.namespaces] == [stays.name]
     assert snapshot.gone == (leaves.name,)
     assert snapshot.failed == ()
@@ -216,13 +216,13 @@ def test_pid_vanishing_after_resolution_is_skipped(run_container: Any, caplog) -
         def resolve(self, containers, known=None):  # the pid was found just before the exit
             return resolved
 
-    snapshot = collecting.collect(listed, Stale(proc), proc)
+    snapshot = namespaces.read_namespaces(listed, Stale(proc), proc)
     assert snapshot.namespaces == () and snapshot.gone == (leaves.name,)
 
 
 def test_no_containers_gives_host_items_only() -> None:
     proc = ProcFS()
-    snapshot = collecting.collect([], PidResolver(proc), proc)
+    snapshot = namespaces.read_namespaces([], PidResolver(proc), proc)
     assert snapshot.namespaces == () and snapshot.containers == 0
 
 

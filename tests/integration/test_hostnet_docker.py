@@ -254,7 +254,7 @@ def test_a_container_that_exits_mid_read_is_gone_not_failed(run_container: Any, 
     reader = TcpReader(proc)
     reader.probe()
     try:
-        report = hostnet.collect(groups, reader, proc, known, 1)
+        report = hostnet.read_groups(groups, reader, proc, known, 1)
     finally:
         reader.close()
     assert report.gone == (leaves.name,) and not report.failed

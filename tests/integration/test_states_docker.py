@@ -21,7 +21,7 @@ import pytest
 
 from conftest import in_netns, pid_of, unavailable
 from container_netstat import tcp_reader, sockdiag
-from container_netstat.namespaces import collect as collect_snapshot
+from container_netstat.namespaces import read_namespaces
 from container_netstat.records import Container
 from container_netstat.errors import ParseError, ProcessGone
 from container_netstat.metrics import GAUGE, NETNS_METRICS
@@ -235,7 +235,7 @@ def test_the_run_ends_in_the_namespace_it_started_in_even_when_a_dump_fails(
     home = os.readlink("/proc/thread-self/ns/net")
     proc = ProcFS()
     resolver = PidResolver(proc)
-    snapshot = collect_snapshot([_container(victim), _container(control)], resolver, proc, {"basic", "states"})
+    snapshot = read_namespaces([_container(victim), _container(control)], resolver, proc, {"basic", "states"})
     assert os.readlink("/proc/thread-self/ns/net") == home
     assert [ns.readings.tcp.path for ns in snapshot.namespaces if ns.readings.tcp] == ["sock_diag"] * 2
 
@@ -249,7 +249,7 @@ def test_the_run_ends_in_the_namespace_it_started_in_even_when_a_dump_fails(
         reader.read(pid_of(victim))
     assert os.readlink("/proc/thread-self/ns/net") == home
     # through collect: that namespace is a failed one, never a partial count
-    broken = collect_snapshot([_container(victim)], resolver, proc, {"basic", "states"}, reader)
+    broken = read_namespaces([_container(victim)], resolver, proc, {"basic", "states"}, reader)
     assert broken.namespaces == () and [name for name, _ in broken.failed] == [victim.name]
     assert os.readlink("/proc/thread-self/ns/net") == home
 
