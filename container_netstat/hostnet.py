@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from container_netstat import tcp_summary, sockdiag
-from container_netstat.tcp_summary import TcpSocket, TcpSummary
-from container_netstat.records import Container
+from container_netstat.tcp_summary import TcpSocket
+from container_netstat.records import Container, Figures, GroupStats, Report
 from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
 from container_netstat.cgroup_members import MemberFinder
 from container_netstat.tcp_reader import TCP, UDP, Selection, TcpReader
@@ -141,15 +141,6 @@ def index(tcp: Iterable[TcpSocket], udp: Iterable[TcpSocket], path: str) -> Host
     return HostSockets({s.inode: s for s in tcp if s.inode}, frozenset(s.inode for s in udp if s.inode), path)
 
 
-@dataclass(frozen=True)
-class Figures:
-    """The sockets one container or pod holds."""
-
-    tcp: TcpSummary  # time_wait, syn_recv and orphan are 0 by construction (see above)
-    tcp_inuse: int
-    udp_inuse: int
-
-
 def attribute(inodes: AbstractSet[int], host: HostSockets) -> Figures:
     """The figures of a holder of ``inodes`` (sockets of any kind; others are ignored)."""
     tcp = [host.tcp[i] for i in inodes if i in host.tcp]
@@ -184,30 +175,6 @@ class Group:
     owner: Container
     containers: Tuple[Tuple[Container, int], ...]
     tags: Tags
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    """One group's figures."""
-
-    owner: Container
-    members: Tuple[str, ...]  # container names, sorted
-    tags: Tags
-    pids: int  # processes whose fds were read
-    figures: Figures
-
-
-@dataclass(frozen=True)
-class Report:
-    """What the host-network group read in one run, and what it left out and why."""
-
-    groups: Tuple[GroupStats, ...] = ()
-    path: str = ""  # how the host's sockets were read; "" when nothing was dumped
-    not_permitted: Tuple[Tuple[str, str], ...] = ()  # (owner name, reason): skipped
-    over_cap: Tuple[Tuple[str, str], ...] = ()  # (owner name, reason): left out, warned
-    gone: Tuple[str, ...] = ()
-    failed: Tuple[Tuple[str, str], ...] = ()  # (owner name, reason)
-    sources: Mapping[str, str] = field(default_factory=dict)  # container name -> where its pids came from
 
 
 class _Skip(Exception):

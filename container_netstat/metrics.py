@@ -12,9 +12,8 @@ from typing import AbstractSet, Callable, List, Mapping, Optional, Tuple
 
 from container_netstat import procnet
 from container_netstat.tcp_summary import NEAR_FULL_PERCENT, STATE_NAMES, TcpSummary
-from container_netstat.hostnet import Figures, GroupStats
 from container_netstat.tcp_reader import SOCK_DIAG
-from container_netstat.records import HostStats, NetnsStats, Readings, Sample, Snapshot
+from container_netstat.records import Figures, GroupStats, HostStats, NetnsStats, Readings, Sample, Snapshot
 from container_netstat.errors import ContainerNetstatError, ParseError
 from container_netstat.kernel_scopes import HOST, NETNS
 

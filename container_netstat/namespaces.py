@@ -22,7 +22,7 @@ from container_netstat.kubernetes import POD_UID
 from container_netstat.metrics import DEFAULT_GROUPS, HOSTNET, STATES, BASIC, COUNTERS
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
-from container_netstat.records import Container, HostStats, NetnsStats, Readings, Snapshot, Tags, TcpPath, TcpReading
+from container_netstat.records import Container, HostStats, NetnsStats, Readings, Report, Snapshot, Tags, TcpPath, TcpReading
 from container_netstat.tcp_reader import TcpReader
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def read_namespaces(
                                for j in joiners.get(target.id, [])))
     for name, target_name in host_joined:
         log.debug("container %s: joins host-network container %s", name, target_name)
-    report: Optional[hostnet.Report] = None
+    report: Optional[Report] = None
     if HOSTNET in groups:
         report = _hostnet(host_roots, host_entries, joiners, resolver, proc, tcp or path, scanned, fd_cap)
         gone += report.gone
@@ -267,7 +267,7 @@ def _hostnet(
     tcp: Optional[TcpReader],
     scanned: Optional[Mapping[str, Iterable[int]]],
     fd_cap: int,
-) -> hostnet.Report:
+) -> Report:
     """One hostnet group per host-network container with the containers that join it,
     merged by identity tags: a pod's containers (each on the host network, or joined to
     its sandbox) make one group."""

@@ -6,13 +6,10 @@ Typed and frozen; plain dicts appear only at the output edge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AbstractSet, Mapping, Optional, Tuple
+from typing import AbstractSet, Mapping, Optional, Tuple
 
 from container_netstat import kubernetes, procnet
 from container_netstat.tcp_summary import TcpSummary
-
-if TYPE_CHECKING:  # pragma: no cover
-    from container_netstat.hostnet import Report
 
 Tags = Tuple[Tuple[str, str], ...]
 
@@ -90,6 +87,39 @@ class HostStats:
     kernel_release: str
     key: int
     sockstat: procnet.Sections
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The sockets one container or pod holds."""
+
+    tcp: TcpSummary  # time_wait, syn_recv and orphan are 0 by construction (see above)
+    tcp_inuse: int
+    udp_inuse: int
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """One group's figures."""
+
+    owner: Container
+    members: Tuple[str, ...]  # container names, sorted
+    tags: Tags
+    pids: int  # processes whose fds were read
+    figures: Figures
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the host-network group read in one run, and what it left out and why."""
+
+    groups: Tuple[GroupStats, ...] = ()
+    path: str = ""  # how the host's sockets were read; "" when nothing was dumped
+    not_permitted: Tuple[Tuple[str, str], ...] = ()  # (owner name, reason): skipped
+    over_cap: Tuple[Tuple[str, str], ...] = ()  # (owner name, reason): left out, warned
+    gone: Tuple[str, ...] = ()
+    failed: Tuple[Tuple[str, str], ...] = ()  # (owner name, reason)
+    sources: Mapping[str, str] = field(default_factory=dict)  # container name -> where its pids came from
 
 
 @dataclass(frozen=True)

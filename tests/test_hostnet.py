@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 
-from container_netstat import hostnet, tcp_reader
+from container_netstat import hostnet, records, tcp_reader
 from container_netstat.tcp_summary import TcpSocket
 from container_netstat.records import Container
 from container_netstat.errors import ProcessGone
@@ -263,7 +263,7 @@ def group(tags: str, *members: Tuple[Container, int]) -> Group:
     return Group(owner=members[0][0], containers=tuple(members), tags=(("container", tags),))
 
 
-def run(groups: Sequence[Group], reader: TcpReader, **kw: Any) -> hostnet.Report:
+def run(groups: Sequence[Group], reader: TcpReader, **kw: Any) -> records.Report:
     known = {c.id: [pid] for g in groups for c, pid in g.containers}
     return hostnet.read_groups(groups, reader, PROC, MemberFinder(PROC, known=known), os.getpid(), **kw)
 

@@ -13,7 +13,8 @@ from container_netstat.metrics import HOSTNET
 from container_netstat.records import HostStats, Snapshot
 from container_netstat.tcp_summary import TcpSocket
 from container_netstat.records import Container
-from container_netstat.hostnet import Figures, GroupStats, Report, attribute, index
+from container_netstat.hostnet import attribute, index
+from container_netstat.records import Figures, GroupStats, Report
 from container_netstat.tcp_reader import SOCK_DIAG
 
 INGRESS = (("namespace", "edge"), ("pod", "ingress-7c9d"))
