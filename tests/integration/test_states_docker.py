@@ -27,7 +27,7 @@ from container_netstat.errors import ParseError, ProcessGone
 from container_netstat.metrics import GAUGE, NETNS_METRICS
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
-from integration.test_collect_docker import background, by_tags, collect_json
+from integration.test_collect_docker import background, by_tags, collect_json, holders  # noqa: F401 - a fixture
 from integration.test_least_privilege import docker_group_user  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.docker
@@ -120,15 +120,6 @@ def without_sys_admin(*args: str) -> subprocess.CompletedProcess:
         ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", sys.executable, "-m",
          "container_netstat", "collect", "--dry-run", *args],
         capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture
-def holders() -> Any:
-    procs: List[Any] = []
-    yield procs
-    for p in procs:
-        p.kill()
-        p.wait()
 
 
 @pytest.fixture
