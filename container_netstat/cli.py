@@ -280,8 +280,9 @@ def collect(
 ) -> None:
     """Take one snapshot of every running container's network namespace.
 
-    Reads /proc/<pid>/net/{sockstat,sockstat6,snmp} once per network namespace and
-    prints (--dry-run) or pushes an open-falcon JSON array; --format prints it as
+    Reads each network namespace once (/proc/<pid>/net/{sockstat,sockstat6,snmp,netstat},
+    and its TCP states by one sock_diag dump inside it) and prints (--dry-run) or pushes
+    an open-falcon JSON array; --format prints it as
     json, prometheus or table instead, --textfile writes it for node_exporter. Exit
     codes: 0 ok, 2 usage, 3 Docker unreachable (the spool is still replayed), 4 some
     containers could not be read, 5 not all delivered (the rest is spooled), 6 refused
