@@ -25,7 +25,8 @@ from typing import Dict, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from container_netstat import falcon
-from container_netstat.push import MIN_BUDGET, Deadline, _one_line
+from container_netstat.deadline import Deadline
+from container_netstat.push import MIN_BUDGET, _one_line
 from container_netstat.spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from container_netstat.falcon import Item
 from container_netstat import falcon
+from container_netstat.deadline import Deadline
 from container_netstat.diagnostics import redact
 from container_netstat.errors import PushError
 from container_netstat.spool import CorruptBatch, Entry, Spool, SpoolError
@@ -130,21 +131,6 @@ class Sender(Protocol):
     """Sends one JSON body of ``count`` items within ``budget`` seconds; HttpSender or a fake."""
 
     def send(self, body: bytes, count: int, budget: float) -> Reply: ...
-
-
-@dataclass(frozen=True)
-class Deadline:
-    """The monotonic time by which the run must be done."""
-
-    end: float
-    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
-
-    @classmethod
-    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> "Deadline":
-        return cls(clock() + seconds, clock)
-
-    def remaining(self) -> float:
-        return self.end - self.clock()
 
 
 @dataclass(frozen=True)
