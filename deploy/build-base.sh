@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
 # Build a local base image (Debian bookworm's python3 with the tool's dependencies) for a
 # machine that cannot pull python:3.11-slim from a registry: debootstrap from a Debian
-# mirror, then `docker import`. Needs root, docker and debootstrap (installed if missing).
+# mirror (DEBIAN_MIRROR, else the first Debian archive this host's apt sources name),
+# then `docker import`. Needs root, docker and debootstrap (installed if missing).
 # Usage: deploy/build-base.sh [IMAGE]    (default container-netstat/python-base:bookworm)
 # The dependencies are setup.cfg's install_requires as Debian packages (python3-<name>);
 # the image is rebuilt only when that list changes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 IMAGE=${1:-container-netstat/python-base:bookworm}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The host's own apt settings say where Debian comes from: deb822 .sources files, then the
+# one-line format of sources.list.
+host_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -r "$f" ] || continue
+    awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f"
+  done | head -n 1
+  [ -r /etc/apt/sources.list ] &&
+    awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; exit } }' \
+      /etc/apt/sources.list | head -n 1
+}
+MIRROR=${DEBIAN_MIRROR:-$(host_mirror | head -n 1)}
+if [ -z "$MIRROR" ]; then
+  echo "build-base: no Debian archive in this host's apt sources; set DEBIAN_MIRROR" >&2
+  exit 2
+fi
 
 packages=$(python3 - "$here/../setup.cfg" <<'PY'
 import configparser, re, sys
