@@ -80,7 +80,7 @@ class FdCapExceeded(ContainerNetstatError):
     """The process has more open fds than the budget has left: its group is left out."""
 
     def __init__(self, pid: int, cap: int) -> None:
-        super().__init__(f"process {pid} has more than the {cap} open fds left in the run's budget")
+        super().__init__(f"process {pid} has more than {cap} open fds, what the run's fd budget had left")
         self.pid = pid
 
 
