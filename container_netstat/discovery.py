@@ -123,14 +123,13 @@ def scan_node(proc: ProcFS, daemons: Collection[str] = ()) -> NodeScan:
     parsed: Dict[bytes, cgroups.Attribution] = {}
     found: Dict[str, List[Member]] = {}
     running: Dict[int, str] = {}
-    warned: Set[Tuple[str, str]] = set()
     for pid in _pids(proc):
         text = _proc_bytes(proc.root, pid)
         if text is None:
             continue
         if text not in parsed:
             parsed[text] = cgroups.attribute(text.decode("utf-8", errors="replace"))
-            warn_conflicts(pid, parsed[text], warned)
+            warn_conflicts(pid, parsed[text])
         attribution = parsed[text]
         owner = attribution.owner
         if owner is not None:

@@ -142,9 +142,15 @@ def init_pid(proc: ProcFS, pids: Sequence[int]) -> Optional[int]:
     return None
 
 
-def warn_conflicts(pid: int, found: cgroups.Attribution, seen: Set[Tuple[str, str]]) -> None:
+# (container, other container) pairs warned about: a run is one process (cron, the DaemonSet's
+# loop runs the command anew), and the /proc scan and the resolver both see the conflict.
+_WARNED: Set[Tuple[str, str]] = set()
+
+
+def warn_conflicts(pid: int, found: cgroups.Attribution, seen: Optional[Set[Tuple[str, str]]] = None) -> None:
     """One warning per run for each (container, other container) pair that a process's cgroup
-    names at once; ``seen`` holds the pairs warned about already."""
+    names at once; ``seen`` holds the pairs warned about already (the run's, by default)."""
+    seen = _WARNED if seen is None else seen
     if found.owner is None:
         return
     for other in sorted(found.others):
@@ -176,7 +182,6 @@ class PidResolver:
         self._layout: Optional[Tuple[str, ...]] = None
         self._pods: Dict[str, Dict[str, str]] = {}  # hierarchy -> pod_cgroups()
         self._last_hit: Optional[_Key] = None
-        self._conflicts: Set[Tuple[str, str]] = set()  # pairs warned about (warn_conflicts)
 
     def belongs(self, pid: int, container_id: str) -> bool:
         """True if /proc/<pid>/cgroup names the container id by the outermost rule (cgroups.py);
@@ -185,7 +190,7 @@ class PidResolver:
             found = cgroups.attribute(self.proc.read_cgroup(pid))
         except ContainerNetstatError:
             return False
-        warn_conflicts(pid, found, self._conflicts)
+        warn_conflicts(pid, found)
         return found.owner is not None and found.owner.id == container_id
 
     def still_owned(self, container_id: str, pid: int) -> bool:

@@ -268,6 +268,7 @@ def test_a_cgroup_named_after_another_container_does_not_make_its_process_that_c
         d = tmp_path / "proc" / str(pid)
         d.mkdir(parents=True)
         (d / "cgroup").write_text(CGROUP_V1.format(id=f"{CID}/docker/{OTHER}"))
+    pids._WARNED.clear()  # once per run: a run is one process
     r = resolver(tmp_path)
     with caplog.at_level("WARNING"):
         assert [r.belongs(p, OTHER) for p in (3601, 3602)] == [False, False]
