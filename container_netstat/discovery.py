@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from container_netstat import cgroups, docker_api
 from container_netstat.records import Container
