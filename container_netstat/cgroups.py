@@ -18,18 +18,24 @@ tests/test_cgroups.py, one table row each):
 - Kubernetes pod cgroups: ``/kubepods/<qos>/pod<uid>/`` (cgroupfs) or
   ``kubepods-<qos>-pod<uid with _ for ->.slice`` (systemd).
 
-The path is read from the deepest component up, so a runtime's sub-cgroup under a
+The OUTERMOST component that names a container wins, so a runtime's sub-cgroup under a
 container (crun's ``.../libpod-<id>.scope/container``, systemd's ``init.scope`` in a
-container) still maps to the container. A reader in another cgroup namespace sees the
-paths relative to its own root, e.g. ``0::/../../kubepods.slice/...``: the ``..``
-components are skipped like any other.
+container) still maps to the container, and so does any cgroup a container makes below
+its own: with cgroup delegation, a privileged container or a writable cgroupfs, a tenant
+can create ``/docker/<A>/docker/<B>`` inside its cgroup ``/docker/<A>``, but that names
+no other container than A (docs/security.rst). The price: a container run inside another
+one (Docker in Docker) is counted as part of the outer container. A process whose text
+names two containers is still the outer one's; ``attribute`` says which others it names,
+so the callers can warn. A reader in another cgroup namespace sees the paths relative to
+its own root, e.g. ``0::/../../kubepods.slice/...``: the ``..`` components are skipped like
+any other.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 DOCKER = "docker"
 CONTAINERD = "containerd"
@@ -69,24 +75,37 @@ def _pod_uid(components: Iterable[str]) -> str:
     return ""
 
 
-def _owner_at(components: Sequence[str]) -> Optional[Tuple[int, CgroupOwner]]:
-    """The deepest component that names a container, and its owner; None as in parse_path."""
-    for depth in range(len(components) - 1, -1, -1):
+def _named(components: Sequence[str]) -> Iterator[Tuple[int, Optional[CgroupOwner]]]:
+    """(depth, owner) of every component that names a container, outermost first; the owner
+    is None for a runtime's monitor (conmon)."""
+    for depth, component in enumerate(components):
         for runtime, pattern in _COMPONENTS:
-            match = pattern.fullmatch(components[depth])
+            match = pattern.fullmatch(component)
             if not match:
                 continue
             if runtime is None:
-                return None
-            if runtime == UNKNOWN and depth > 0 and components[depth - 1] == "docker":
-                runtime = DOCKER
-            return depth, CgroupOwner(runtime, match.group("id"), _pod_uid(components[:depth]))
+                yield depth, None
+            else:
+                if runtime == UNKNOWN and depth > 0 and components[depth - 1] == "docker":
+                    runtime = DOCKER
+                yield depth, CgroupOwner(runtime, match.group("id"), _pod_uid(components[:depth]))
+            break
+
+
+def _owner_at(components: Sequence[str]) -> Optional[Tuple[int, CgroupOwner]]:
+    """The outermost component that names a container, and its owner; None as in parse_path."""
+    for depth, owner in _named(components):
+        return (depth, owner) if owner is not None else None
     return None
+
+
+def _components(path: str) -> List[str]:
+    return [c for c in path.split("/") if c and c != ".."]
 
 
 def parse_path(path: str) -> Optional[CgroupOwner]:
     """The container named by one cgroup path, or None (host process, conmon, kernel thread)."""
-    found = _owner_at([c for c in path.split("/") if c and c != ".."])
+    found = _owner_at(_components(path))
     return found[1] if found else None
 
 
@@ -105,19 +124,52 @@ def container_dirs(text: str, container_id: str) -> List[Tuple[str, str]]:
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
-        components = [c for c in parts[2].split("/") if c and c != ".."]
+        components = _components(parts[2])
         owner = _owner_at(components)
         if owner is not None and owner[1].id == container_id:
             found.append((parts[1], "/".join(components[: owner[0] + 1])))
     return found
 
 
-def parse(text: str) -> Optional[CgroupOwner]:
-    """The container named by a ``/proc/<pid>/cgroup`` text; the first line that names one wins."""
+@dataclass(frozen=True)
+class Attribution:
+    """Whose a ``/proc/<pid>/cgroup`` text is, and what else it names.
+
+    ``owner``: as ``parse``. ``place``: the owner's cgroup, the winning line's path up to
+    the component that names it (``docker/<id>``), which tells two cgroups that claim one id
+    apart. ``others``: the ids of other containers the text names, deeper in a path or on
+    another line; not empty only where someone made a cgroup after another container.
+    """
+
+    owner: Optional[CgroupOwner]
+    place: str = ""
+    others: FrozenSet[str] = frozenset()
+
+
+def attribute(text: str) -> Attribution:
+    """The owner of a ``/proc/<pid>/cgroup`` text by the outermost rule, on the first line that
+    names a container (the v1 hierarchies come before ``0::``, as the kernel prints them)."""
+    owner: Optional[CgroupOwner] = None
+    place = ""
+    named: List[str] = []
     for line in text.splitlines():
         parts = line.split(":", 2)
-        if len(parts) == 3:
-            owner = parse_path(parts[2])
-            if owner is not None:
-                return owner
-    return None
+        if len(parts) != 3:
+            continue
+        components = _components(parts[2])
+        first = True
+        for depth, found in _named(components):
+            if found is None:
+                break  # a monitor's cgroup: nothing at or below it is a container's
+            if first and owner is None:
+                owner, place = found, "/".join(components[: depth + 1])
+            first = False
+            named.append(found.id)
+    if owner is None:
+        return Attribution(None)
+    return Attribution(owner, place, frozenset(named) - {owner.id})
+
+
+def parse(text: str) -> Optional[CgroupOwner]:
+    """The container named by a ``/proc/<pid>/cgroup`` text; the first line that names one wins."""
+    return attribute(text).owner

@@ -16,6 +16,15 @@ after the usual check that ``/proc/<pid>/cgroup`` names the container.
   Containers that share a network namespace are grouped by ``collect`` as always.
   The same pass notes the runtime daemons outside containers (by ``/proc/<pid>/comm``),
   whose command lines say where their files are (runtime_dirs.py).
+
+The scan believes no container about another's identity (docs/security.rst): a process is
+the container's that the OUTERMOST component of its cgroup path names (cgroups.py), so a
+cgroup a tenant makes inside its own, named after another container, stays its own; one
+warning per pair names the conflict. Two cgroups elsewhere that both name one id (only a
+writable cgroupfs can make that) are told apart by where they are; if their processes are
+in different network namespaces, each becomes a record of its own (``claims``): its name,
+and its pod name if it has one, get ``@netns:<key>``, so neither is reported under the
+other's name and their series stay apart; one warning says so.
 - ``auto``: ``docker`` when Docker is configured (``--docker-host``, ``DOCKER_HOST``)
   or its socket exists, else ``podman`` when ``CONTAINER_HOST`` is set or Podman's
   rootful socket exists, else ``proc``. A socket that exists but does not answer is
@@ -27,13 +36,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from container_netstat import cgroups, docker_api
 from container_netstat.records import Container
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.node_files import NodeFiles
-from container_netstat.pids import Inspect, init_pid
+from container_netstat.kubernetes import POD_NAME
+from container_netstat.pids import Inspect, init_pid, warn_conflicts
 from container_netstat.procfs import ProcFS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,6 +76,7 @@ class Member:
 
     pid: int
     owner: cgroups.CgroupOwner
+    place: str = ""  # the container's cgroup as this process names it (cgroups.Attribution)
 
 
 def _pids(proc: ProcFS) -> List[int]:
@@ -109,7 +120,7 @@ def scan_node(proc: ProcFS, daemons: Collection[str] = ()) -> NodeScan:
     text, so each distinct text is parsed once.
     """
     wanted = {f"{name}\n".encode(): name for name in daemons}
-    parsed: Dict[bytes, Optional[cgroups.CgroupOwner]] = {}
+    parsed: Dict[bytes, cgroups.Attribution] = {}
     found: Dict[str, List[Member]] = {}
     running: Dict[int, str] = {}
     for pid in _pids(proc):
@@ -117,10 +128,12 @@ def scan_node(proc: ProcFS, daemons: Collection[str] = ()) -> NodeScan:
         if text is None:
             continue
         if text not in parsed:
-            parsed[text] = cgroups.parse(text.decode("utf-8", errors="replace"))
-        owner = parsed[text]
+            parsed[text] = cgroups.attribute(text.decode("utf-8", errors="replace"))
+            warn_conflicts(pid, parsed[text])
+        attribution = parsed[text]
+        owner = attribution.owner
         if owner is not None:
-            found.setdefault(owner.id, []).append(Member(pid, owner))
+            found.setdefault(owner.id, []).append(Member(pid, owner, attribution.place))
         elif wanted:
             comm = _proc_bytes(proc.root, pid, "comm")
             if comm in wanted:
@@ -138,6 +151,43 @@ def init_member(proc: ProcFS, members: Sequence[Member]) -> Member:
     ordered = sorted(members, key=lambda m: m.pid)
     init = init_pid(proc, [m.pid for m in ordered])
     return next((m for m in ordered if m.pid == init), ordered[0])
+
+
+def claims(proc: ProcFS, container_id: str, members: Sequence[Member]) -> List[Tuple[Optional[int], List[Member]]]:
+    """One container id's members, split by network namespace where two cgroups claim the id.
+
+    [(None, members)] in the usual case: every member names the id at one place. Else each
+    place's init (``init_member``) gives the place's namespace key, and the places are
+    grouped by it: [(key, members)] per namespace, when there are two or more, with one
+    warning. A place whose init is gone is dropped.
+    """
+    places: Dict[str, List[Member]] = {}
+    for member in members:
+        places.setdefault(member.place, []).append(member)
+    if len(places) < 2:
+        return [(None, list(members))]
+    by_key: Dict[int, List[Member]] = {}
+    for found in places.values():
+        try:
+            key = proc.netns_key(init_member(proc, found).pid)
+        except ContainerNetstatError:
+            continue
+        by_key.setdefault(key, []).extend(found)
+    if len(by_key) < 2:
+        return [(None, [m for found in by_key.values() for m in found] or list(members))]
+    log.warning("container %s: %d cgroups in %d network namespaces claim its id (%s): each is reported "
+                "apart, named with @netns:<key>", container_id[:12], len(places), len(by_key),
+                ", ".join(sorted(places)))
+    return sorted(by_key.items())
+
+
+def disputed(container: Container, key: int) -> Container:
+    """The record of one claim on a disputed id (``claims``): its name and pod name get
+    ``@netns:<key>``; the id stays, for the cgroup checks."""
+    labels = dict(container.labels)
+    if labels.get(POD_NAME):
+        labels[POD_NAME] = f"{labels[POD_NAME]}@netns:{key}"
+    return replace(container, name=f"{container.name}@netns:{key}", labels=labels)
 
 
 class Backend(Protocol):
@@ -194,14 +244,19 @@ class PodmanBackend(DockerBackend):
     def containers(self) -> List[Container]:
         listed = super().containers()
         members = scan(self.proc)
-        self.members = {cid: [m.pid for m in found] for cid, found in members.items()}
+        self.members = {}
         out: List[Container] = []
         for container in listed:
             found = members.get(container.id)
-            if found:
-                out.append(replace(container, pid=init_member(self.proc, found).pid))
-            else:
+            if not found:
                 out.append(container)
+                continue
+            split = claims(self.proc, container.id, found)
+            for key, part in split:
+                record = container if key is None else disputed(container, key)
+                out.append(replace(record, pid=init_member(self.proc, part).pid))
+            if len(split) == 1:  # a disputed id's members are found per claim, from its own cgroup
+                self.members[container.id] = [m.pid for m in split[0][1]]
         return out
 
 
@@ -225,20 +280,25 @@ class ProcBackend:
         files = NodeFiles(self.paths.run_root, self.paths.var_root, self.paths.proc_root, self.proc.parent_pid,
                           view.localize(dirs))
         out: List[Container] = []
-        self.members = {cid: [m.pid for m in found] for cid, found in node.containers.items()}
+        self.members = {}
         for container_id, members in node.containers.items():
-            init = init_member(self.proc, members)
-            owner = init.owner
-            identity = files.identify(container_id, owner.runtime, owner.pod_uid, init.pid)
-            log.debug("container %s: %s runtime, pid %d, named from %s",
-                      container_id[:12], owner.runtime or "unknown", init.pid, identity.named_from)
-            out.append(Container(
-                id=container_id,
-                name=identity.name or container_id[:12],
-                network_mode=identity.network_mode,
-                labels=identity.labels,
-                pid=init.pid,
-            ))
+            split = claims(self.proc, container_id, members)
+            if len(split) == 1:  # a disputed id's members are found per claim, from its own cgroup
+                self.members[container_id] = [m.pid for m in members]
+            for key, part in split:
+                init = init_member(self.proc, part)
+                owner = init.owner
+                identity = files.identify(container_id, owner.runtime, owner.pod_uid, init.pid)
+                log.debug("container %s: %s runtime, pid %d, named from %s",
+                          container_id[:12], owner.runtime or "unknown", init.pid, identity.named_from)
+                record = Container(
+                    id=container_id,
+                    name=identity.name or container_id[:12],
+                    network_mode=identity.network_mode,
+                    labels=identity.labels,
+                    pid=init.pid,
+                )
+                out.append(record if key is None else disputed(record, key))
         return sorted(out, key=lambda c: c.name)
 
     def inspector(self) -> Optional[Inspect]:

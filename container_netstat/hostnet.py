@@ -28,11 +28,20 @@ Sharing: a socket held by two containers (inherited across fork, passed with
 SCM_RIGHTS) counts once in each; a pod counts the union of its containers' sockets, each
 socket once; processes outside every container are attributed to none.
 
-Limits: fds are read only for the containers given here (the host-network ones). Past
-``fd_cap`` open fds in one process its group's figures are left out for the run, never
-counted in part, with a warning naming the process. A group any of whose processes
+Limits: fds are read only for the containers given here (the host-network ones).
+``fd_cap`` (``--hostnet-fd-cap``) is a budget for the whole run, not per process: every fd
+of every group counts against it, so a tenant cannot multiply it by starting many
+processes. Groups are read in the order given; the group during which the budget runs out
+and every group not read yet are left out of the run, never counted in part, with one
+warning naming them (listed for ``doctor`` as over the cap). The run's deadline
+(deadline.py), when given, ends the scan the same way. A group any of whose processes
 refuses us its fds is skipped: one info line per run, listed for ``doctor``; that is not
 a failed container.
+
+A group's processes are those of its containers' cgroups and the cgroups below them; a
+cgroup a tenant makes below its own, named after another container, is still its own
+(cgroups.py, docs/security.rst), so it cannot lend its sockets to another container or
+take another's.
 """
 
 from __future__ import annotations
@@ -47,13 +56,14 @@ from container_netstat.tcp_summary import TcpSocket
 from container_netstat.records import Container, Figures, GroupStats, Report
 from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
 from container_netstat.cgroup_members import MemberFinder
+from container_netstat.deadline import Deadline
 from container_netstat.tcp_reader import TCP, UDP, Selection, TcpReader
 from container_netstat.procfs import ProcFS
 from container_netstat.records import Tags
 
 log = logging.getLogger(__name__)
 
-FD_CAP = 65536  # open fds per process
+FD_CAP = 65536  # open fds read in one run, over every group and process
 TIME_WAIT = 6
 OWN_NETNS = "/proc/thread-self/net/sockstat"  # this thread's namespace, as ProcFS.netns_key sees one
 
@@ -67,10 +77,10 @@ class FdsNotPermitted(ContainerNetstatError):
 
 
 class FdCapExceeded(ContainerNetstatError):
-    """The process has more open fds than the cap: its group is left out of the run."""
+    """The process has more open fds than the budget has left: its group is left out."""
 
     def __init__(self, pid: int, cap: int) -> None:
-        super().__init__(f"process {pid} has more than {cap} open fds (the cap)")
+        super().__init__(f"process {pid} has more than {cap} open fds, what the run's fd budget had left")
         self.pid = pid
 
 
@@ -93,6 +103,14 @@ def _fd_error(pid: int, path: str, err: OSError) -> ContainerNetstatError:
 def socket_inodes(proc: ProcFS, pid: int, cap: int = FD_CAP) -> FrozenSet[int]:
     """The inodes of the sockets one process holds, from ``readlink /proc/<pid>/fd/*``.
 
+    ``read_fds`` without the count.
+    """
+    return read_fds(proc, pid, cap)[0]
+
+
+def read_fds(proc: ProcFS, pid: int, cap: int = FD_CAP) -> Tuple[FrozenSet[int], int]:
+    """(the inodes of the sockets one process holds, how many fds were listed).
+
     ProcessGone if the process exits before or while its fds are read (its fds are then
     closed); FdsNotPermitted without ptrace access; FdCapExceeded past ``cap`` open fds:
     the listing stops there, so a process with a million fds costs no more than the cap.
@@ -104,9 +122,11 @@ def socket_inodes(proc: ProcFS, pid: int, cap: int = FD_CAP) -> FrozenSet[int]:
         raise _fd_error(pid, path, err) from err
     inodes: Set[int] = set()
     closed = 0
+    count = 0
     try:
         with os.scandir(dir_fd) as entries:
-            for count, entry in enumerate(entries, 1):
+            for entry in entries:
+                count += 1
                 if count > cap:
                     raise FdCapExceeded(pid, cap)
                 try:
@@ -123,7 +143,7 @@ def socket_inodes(proc: ProcFS, pid: int, cap: int = FD_CAP) -> FrozenSet[int]:
         os.close(dir_fd)
     if closed and proc.is_gone(pid):
         raise ProcessGone(pid, path)  # its fds were closed under us: none of it counts
-    return frozenset(inodes)
+    return frozenset(inodes), count
 
 
 @dataclass(frozen=True)
@@ -191,10 +211,20 @@ def _comm(proc: ProcFS, pid: int) -> str:
         return "?"
 
 
-def _group_inodes(group: Group, finder: MemberFinder, proc: ProcFS, cap: int) -> Tuple[FrozenSet[int], int]:
-    """The union of the inodes the group's processes hold, and how many processes were read."""
+class _OverBudget(Exception):
+    """The run's fd budget or its deadline ran out while reading a group."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _group_inodes(group: Group, finder: MemberFinder, proc: ProcFS, budget: int) -> Tuple[FrozenSet[int], int, int]:
+    """The union of the inodes the group's processes hold, how many processes were read, and
+    how many fds were listed (charged to the run's budget, of which ``budget`` is left)."""
     held: Set[int] = set()
     read = 0
+    used = 0
     for container, pid in group.containers:
         try:
             pids = finder.pids(container.id, pid)
@@ -204,19 +234,21 @@ def _group_inodes(group: Group, finder: MemberFinder, proc: ProcFS, cap: int) ->
             raise _Skip("failed", str(err)) from err
         for member in pids:
             try:
-                held.update(socket_inodes(proc, member, cap))
+                inodes, count = read_fds(proc, member, budget - used)
             except ProcessGone:
                 continue
             except FdsNotPermitted as err:
                 raise _Skip("not_permitted", str(err)) from err
             except FdCapExceeded as err:
-                raise _Skip("over_cap", f"{err} ({_comm(proc, member)}, in container {container.name})") from err
+                raise _OverBudget(f"{err} ({_comm(proc, member)}, in container {container.name})") from err
             except ContainerNetstatError as err:
                 raise _Skip("failed", str(err)) from err
+            held.update(inodes)
+            used += count
             read += 1
     if not read:
         raise _Skip("gone", "exited during the run")
-    return frozenset(held), read
+    return frozenset(held), read, used
 
 
 def read_groups(
@@ -227,19 +259,36 @@ def read_groups(
     host_pid: int,
     fd_cap: int = FD_CAP,
     own_netns: str = OWN_NETNS,
+    deadline: Optional[Deadline] = None,
 ) -> Report:
-    """Read every group's fds, then the host's sockets once, and attribute; see the docstring."""
+    """Read every group's fds, then the host's sockets once, and attribute; see the docstring.
+
+    ``fd_cap`` is the run's budget of fds over every group; ``deadline``, when given, ends
+    the fd scan once it has passed. Either way the rest is left out with one warning.
+    """
     held: List[Tuple[Group, FrozenSet[int], int]] = []
     skipped: Dict[str, List[Tuple[str, str]]] = {"not_permitted": [], "over_cap": [], "gone": [], "failed": []}
-    for group in groups:
+    budget = fd_cap
+    stopped = ""
+    for n, group in enumerate(groups):
         try:
-            inodes, read = _group_inodes(group, finder, proc, fd_cap)
+            if deadline is not None and deadline.expired():
+                raise _OverBudget("the run's deadline was reached")
+            inodes, read, used = _group_inodes(group, finder, proc, budget)
         except _Skip as skip:
             skipped[skip.kind].append((group.owner.name, skip.reason))
             continue
+        except _OverBudget as over:
+            stopped = over.reason
+            skipped["over_cap"] += [(g.owner.name, over.reason if g is group else "not read: the run's fd budget "
+                                     "or deadline ran out before it") for g in groups[n:]]
+            break
+        budget -= used
         held.append((group, inodes, read))
-    for name, reason in skipped["over_cap"]:
-        log.warning("container %s: %s: its host-network socket figures are left out of this run", name, reason)
+    if stopped:
+        names = [name for name, _ in skipped["over_cap"]]
+        log.warning("host-network sockets: %s; left out of this run, not counted in part: %s",
+                    stopped, ", ".join(f"container {name}" for name in names))
     for name, _ in skipped["gone"]:
         log.warning("container %s: exited during the run; skipped", name)
     for name, reason in skipped["failed"]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
+from collections import Counter
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from container_netstat import tcp_summary, hostnet, procnet
@@ -20,7 +22,7 @@ from container_netstat.cgroup_members import MemberFinder
 from container_netstat.errors import ContainerNetstatError, ProcessGone
 from container_netstat.kubernetes import POD_UID
 from container_netstat.metrics import DEFAULT_GROUPS, HOSTNET, STATES, BASIC, COUNTERS
-from container_netstat.pids import PidResolver
+from container_netstat.pids import PidResolver, Resolved
 from container_netstat.procfs import ProcFS
 from container_netstat.records import Container, HostStats, NetnsStats, Readings, Report, Snapshot, Tags, TcpPath, TcpReading
 from container_netstat.tcp_reader import TcpReader
@@ -132,6 +134,28 @@ def _retrying(resolver: PidResolver, container: Container, pid: int, read: Calla
         return again.pid, read(again.pid)
 
 
+def _claimed_twice(roots: Sequence[Container]) -> AbstractSet[str]:
+    """Ids that two records carry: claims of one id from two namespaces (discovery.claims)."""
+    counts = Counter(c.id for c in roots)
+    return {cid for cid, n in counts.items() if n > 1}
+
+
+def _own_pid(resolver: PidResolver, container: Container) -> Optional[Resolved]:
+    """A disputed id's record: its own pid, if that process is still the container's."""
+    if container.pid and resolver.still_owned(container.id, container.pid):
+        return Resolved(container.pid, "proc-scan")
+    return None
+
+
+def _owned_key(resolver: PidResolver, proc: ProcFS, container: Container, pid: int) -> int:
+    """The pid's namespace key, once the pid is checked to be still the container's after
+    the key was read: a pid reused in between (pids.PidResolver.still_owned) counts as gone."""
+    key = proc.netns_key(pid)
+    if not resolver.still_owned(container.id, pid):
+        raise ProcessGone(pid, proc.path(pid, "cgroup"))
+    return key
+
+
 def read_namespaces(
     containers: Sequence[Container],
     resolver: PidResolver,
@@ -172,19 +196,24 @@ def read_namespaces(
         else:
             roots.append(container)
 
+    claimed = _claimed_twice(roots)
     resolved = resolver.resolve(
-        [(c.id, c.labels.get(POD_UID, "")) for c in roots], known={c.id: c.pid for c in roots if c.pid}
+        [(c.id, c.labels.get(POD_UID, "")) for c in roots if c.id not in claimed],
+        known={c.id: c.pid for c in roots if c.pid and c.id not in claimed},
     )
     by_key: Dict[int, List[Tuple[Container, int]]] = {}
     host_entries: List[Tuple[Container, int]] = []  # roots found in the host's namespace, with a pid
     for container in roots:
-        found = resolved.get(container.id)
+        found = resolved.get(container.id) if container.id not in claimed else _own_pid(resolver, container)
         if found is None:
             log.warning("container %s: exited during the run; skipped", container.name)
             gone.append(container.name)
             continue
         try:
-            pid, key = _retrying(resolver, container, found.pid, proc.netns_key)
+            if container.id in claimed:  # never re-resolved by id: that may give the other claim's pid
+                pid, key = found.pid, _owned_key(resolver, proc, container, found.pid)
+            else:
+                pid, key = _retrying(resolver, container, found.pid, partial(_owned_key, resolver, proc, container))
         except ProcessGone:
             log.warning("container %s: exited during the run; skipped", container.name)
             gone.append(container.name)

@@ -9,8 +9,11 @@ Order, by robustness and cost (measured for 299 containers):
    (it moves when dockerd uses a system containerd);
 3. ``GET /containers/<id>/json`` (inspect), concurrently, over the client's pooled
    connections: about 2 ms each, and it loads the daemon.
-A pid from 1 or 2 is used only if /proc/<pid>/cgroup names the container id, so a
-stale pid file pointing at a reused pid is rejected.
+A pid from 1 or 2 is used only if /proc/<pid>/cgroup names the container id by the
+outermost rule (cgroups.py), so a stale pid file pointing at a reused pid is rejected, and
+so is a process of another container that sits in a cgroup it named after this one.
+``PidResolver.still_owned`` makes the same check again after a namespace was opened: the
+pid may have exited and been reused since it was resolved.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from container_netstat import cgroups
 from container_netstat.errors import ContainerNetstatError
@@ -139,6 +142,27 @@ def init_pid(proc: ProcFS, pids: Sequence[int]) -> Optional[int]:
     return None
 
 
+# (container, other container) pairs warned about: a run is one process (cron, the DaemonSet's
+# loop runs the command anew), and the /proc scan and the resolver both see the conflict.
+_WARNED: Set[Tuple[str, str]] = set()
+
+
+def warn_conflicts(pid: int, found: cgroups.Attribution, seen: Optional[Set[Tuple[str, str]]] = None) -> None:
+    """One warning per run for each (container, other container) pair that a process's cgroup
+    names at once; ``seen`` holds the pairs warned about already (the run's, by default)."""
+    seen = _WARNED if seen is None else seen
+    if found.owner is None:
+        return
+    for other in sorted(found.others):
+        pair = (found.owner.id, other)
+        if pair in seen:
+            continue
+        seen.add(pair)
+        log.warning("container %s: process %d is in a cgroup that also names container %s (%s): "
+                    "counted as %s's, the outer one; %s keeps its own",
+                    found.owner.id[:12], pid, other[:12], found.place, found.owner.id[:12], other[:12])
+
+
 class PidResolver:
     """Resolves pids for many containers, fast paths first, inspect as the fallback."""
 
@@ -160,11 +184,24 @@ class PidResolver:
         self._last_hit: Optional[_Key] = None
 
     def belongs(self, pid: int, container_id: str) -> bool:
-        """True if /proc/<pid>/cgroup names the container id."""
+        """True if /proc/<pid>/cgroup names the container id by the outermost rule (cgroups.py);
+        False once the process is gone."""
         try:
-            return container_id in self.proc.read_cgroup(pid)
+            found = cgroups.attribute(self.proc.read_cgroup(pid))
         except ContainerNetstatError:
             return False
+        warn_conflicts(pid, found)
+        return found.owner is not None and found.owner.id == container_id
+
+    def still_owned(self, container_id: str, pid: int) -> bool:
+        """True if ``pid`` is still the container's: call it after opening the pid's namespace.
+
+        Between the resolution and the read the pid may exit and be reused by another
+        process, maybe of another container; one read of /proc/<pid>/cgroup (a few hundred
+        bytes) made after the namespace was opened tells. A namespace opened through a pid
+        that fails this check is not the container's: drop what was read from it.
+        """
+        return self.belongs(pid, container_id)
 
     @property
     def layout(self) -> Tuple[str, ...]:

@@ -48,10 +48,24 @@ def test_container_dirs_end_at_the_container() -> None:
     assert cgroups.container_dirs(text, OTHER) == []
 
 
-def test_container_dirs_of_an_inner_container_are_its_own() -> None:
+def test_container_dirs_of_a_cgroup_named_after_another_container_are_the_outer_ones() -> None:
     text = f"0::/docker/{ID}/docker/{OTHER}\n"
-    assert cgroups.container_dirs(text, OTHER) == [("", f"docker/{ID}/docker/{OTHER}")]
-    assert cgroups.container_dirs(text, ID) == []  # the process is the inner container's
+    assert cgroups.container_dirs(text, ID) == [("", f"docker/{ID}")]
+    assert cgroups.container_dirs(text, OTHER) == []  # the process is never the inner id's
+
+
+def test_a_process_in_a_cgroup_named_after_another_container_stays_with_its_own(tmp_path: Path) -> None:
+    # Container ID made docker/ID/docker/OTHER and moved process 12 there; OTHER is elsewhere.
+    proc = fake_proc(tmp_path, {10: V1.format(p=f"/docker/{ID}"), 12: V1.format(p=f"/docker/{ID}/docker/{OTHER}"),
+                                20: V1.format(p=f"/docker/{OTHER}")})
+    cgroup_dir(tmp_path, f"pids/docker/{ID}", [10])
+    cgroup_dir(tmp_path, f"pids/docker/{ID}/docker/{OTHER}", [12])
+    cgroup_dir(tmp_path, f"pids/docker/{OTHER}", [20])
+    found = finder(tmp_path, proc)
+    assert found.pids(ID, 12) == [10, 12]  # found from the moved process too
+    assert found.pids(OTHER, 20) == [20]
+    scanned = finder(tmp_path, proc)
+    assert scanned._from_scan(OTHER) == [20] and scanned._from_scan(ID) == [10, 12]
 
 
 def test_v1_tree_with_nested_cgroups(tmp_path: Path) -> None:

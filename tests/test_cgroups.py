@@ -49,8 +49,11 @@ ROWS = [
     ("docker v2 systemd", v2(f"/system.slice/docker-{ID}.scope"), CgroupOwner(DOCKER, ID)),
     # systemd running inside a container puts its processes in sub-cgroups of the container's
     ("systemd inside a docker container", v2(f"/docker/{ID}/init.scope"), CgroupOwner(DOCKER, ID)),
-    # Docker in Docker: the inner container is the one the process runs in
-    ("docker in docker", v1(f"/docker/{ID}/docker/{INNER}"), CgroupOwner(DOCKER, INNER)),
+    # A cgroup inside a container's, named after another container (Docker in Docker, or a
+    # tenant with delegation claiming a victim's id): the outer container owns it
+    ("docker in docker", v1(f"/docker/{ID}/docker/{INNER}"), CgroupOwner(DOCKER, ID)),
+    ("another runtime's shape inside", v2(f"/docker/{ID}/libpod-{INNER}.scope/container"), CgroupOwner(DOCKER, ID)),
+    ("a monitor's name inside a container", v2(f"/docker/{ID}/conmon"), CgroupOwner(DOCKER, ID)),
     # dockershim / cri-dockerd with the kubelet's systemd driver
     ("cri-dockerd systemd",
      v2(f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/docker-{ID}.scope"),
@@ -174,3 +177,34 @@ def test_proc_scan_of_pure_v2_files_groups_each_container() -> None:
     }
     plain = found[V2_FILES[30504].id]
     assert discovery.init_member(ProcFS(str(CGROUP2_PROC)), plain).pid == 30504  # 30531's parent
+
+
+def test_the_outer_container_wins_and_the_others_are_named() -> None:
+    text = v1(f"/docker/{ID}/docker/{INNER}/x")
+    found = cgroups.attribute(text)
+    assert found == cgroups.Attribution(CgroupOwner(DOCKER, ID), f"docker/{ID}", frozenset({INNER}))
+    assert cgroups.container_dirs(text, ID)[0] == ("name=systemd", f"docker/{ID}")
+    assert cgroups.container_dirs(text, INNER) == []  # no line gives the process to the inner id
+
+
+def test_lines_that_disagree_go_to_the_first_and_name_the_other() -> None:
+    # A v1 hierarchy moved by hand into another container's cgroup: the first line still rules.
+    text = f"9:name=systemd:/docker/{ID}\n8:pids:/docker/{INNER}\n0::/docker/{ID}\n"
+    found = cgroups.attribute(text)
+    assert (found.owner, found.others) == (CgroupOwner(DOCKER, ID), frozenset({INNER}))
+
+
+def test_an_ordinary_container_names_no_other() -> None:
+    assert cgroups.attribute(v1(f"/docker/{ID}/init.scope")).others == frozenset()
+    assert cgroups.attribute(v1("/user.slice")) == cgroups.Attribution(None)
+
+
+def test_a_monitor_cgroup_is_nobody_s_whatever_is_below_it() -> None:
+    assert cgroups.attribute(v2(f"/machine.slice/libpod-conmon-{ID}.scope/{INNER}")) == cgroups.Attribution(None)
+
+
+def test_places_tell_two_claims_of_one_id_apart() -> None:
+    a = cgroups.attribute(v1(f"/docker/{ID}"))
+    b = cgroups.attribute(v1(f"/system.slice/docker-{ID}.scope/sub"))
+    assert a.owner is not None and b.owner is not None and a.owner.id == b.owner.id == ID
+    assert (a.place, b.place) == (f"docker/{ID}", f"system.slice/docker-{ID}.scope")

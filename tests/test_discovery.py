@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from container_netstat import node_files, discovery
-from container_netstat import kubernetes
+from container_netstat import kubernetes, pids
 from container_netstat.records import Container
 from container_netstat.node_files import NodeFiles
 from container_netstat.pids import PidResolver
@@ -291,3 +291,67 @@ def test_explicit_runtimes() -> None:
     assert choose("podman", {}, docker_host="unix:///tmp/p.sock").where == "unix:///tmp/p.sock"
     with pytest.raises(ValueError):
         choose("lxc", {})
+
+
+# --- a container naming a cgroup after another (docs/security.rst) ---
+
+VICTIM_ID = "9" * 64
+
+
+def netns(host: Host, pid: int, like: Optional[int] = None) -> None:
+    """/proc/<pid>/net/sockstat, whose inode is the namespace key: a hard link shares one."""
+    d = host.root / "proc" / str(pid) / "net"
+    d.mkdir()
+    if like is None:
+        (d / "sockstat").write_text("sockets: used 1\n")
+    else:
+        os.link(host.root / "proc" / str(like) / "net" / "sockstat", d / "sockstat")
+
+
+def test_a_cgroup_made_inside_a_container_stays_that_container_s(host: Host,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    host.process(800, v1(f"/docker/{VICTIM_ID}"), ppid=799)
+    for pid in (700, 701):  # the attacker's processes, moved into the cgroup it named after the victim
+        host.process(pid, v1(f"/docker/{DOCKER_ID}/docker/{VICTIM_ID}"), ppid=250)
+    pids._WARNED.clear()  # once per run: a run is one process
+    with caplog.at_level(logging.WARNING):
+        found = discovery.scan(ProcFS(host.paths.proc_root))
+    assert [m.pid for m in found[VICTIM_ID]] == [800]
+    assert sorted(m.pid for m in found[DOCKER_ID]) == [120, 300, 301, 700, 701]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and DOCKER_ID[:12] in warnings[0] and VICTIM_ID[:12] in warnings[0], warnings
+
+
+def test_two_cgroups_claiming_one_id_from_two_namespaces_are_reported_apart(
+        host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    host.process(800, v1(f"/docker/{VICTIM_ID}"), ppid=799)
+    host.process(801, v1(f"/docker/{VICTIM_ID}"), ppid=800)
+    host.process(900, v1(f"/system.slice/docker-{VICTIM_ID}.scope"), ppid=1)  # made elsewhere, same id
+    netns(host, 800)
+    netns(host, 801, like=800)
+    netns(host, 900)
+    host.file(f"var/lib/docker/containers/{VICTIM_ID}/config.v2.json", json.dumps({"Name": "/victim"}))
+    backend = discovery.ProcBackend(host.paths)
+    with caplog.at_level(logging.WARNING):
+        got = [c for c in backend.containers() if c.id == VICTIM_ID]
+    keys = {pid: os.stat(host.root / "proc" / str(pid) / "net" / "sockstat").st_ino for pid in (800, 900)}
+    assert sorted((c.name, c.pid) for c in got) == sorted((f"victim@netns:{keys[p]}", p) for p in (800, 900))
+    assert backend.members is not None and VICTIM_ID not in backend.members  # read per claim, from its cgroup
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and VICTIM_ID[:12] in warnings[0] and "2 network namespaces" in warnings[0]
+
+
+def test_two_places_in_one_namespace_stay_one_container(host: Host) -> None:
+    host.process(800, v1(f"/docker/{VICTIM_ID}"), ppid=799)
+    host.process(900, v1(f"/system.slice/docker-{VICTIM_ID}.scope"), ppid=1)
+    netns(host, 800)
+    netns(host, 900, like=800)
+    got = [c for c in discovery.ProcBackend(host.paths).containers() if c.id == VICTIM_ID]
+    assert [c.name for c in got] == [VICTIM_ID[:12]]
+
+
+def test_a_disputed_pod_container_keeps_its_series_apart() -> None:
+    record = Container("x" * 64, "app", "none", labels={kubernetes.POD_NAME: "web-1",
+                                                         kubernetes.POD_NAMESPACE: "shop"})
+    one, two = discovery.disputed(record, 11), discovery.disputed(record, 12)
+    assert (one.name, one.pod, two.pod) == ("app@netns:11", ("shop", "web-1@netns:11"), ("shop", "web-1@netns:12"))

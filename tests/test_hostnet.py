@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
@@ -22,6 +23,7 @@ import pytest
 from container_netstat import hostnet, records, tcp_reader
 from container_netstat.tcp_summary import TcpSocket
 from container_netstat.records import Container
+from container_netstat.deadline import Deadline
 from container_netstat.errors import ProcessGone
 from container_netstat.hostnet import FdCapExceeded, FdsNotPermitted, Group, socket_inodes
 from container_netstat.cgroup_members import MemberFinder
@@ -416,3 +418,49 @@ def test_host_dump_keeps_only_the_held_sockets_and_no_time_wait() -> None:
             assert not [s for s in everything.tcp.values() if s.state == 6]
     finally:
         reader.close()
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_the_cap_is_one_budget_for_the_run_not_per_process(holders: Any, reader: TcpReader,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    many = [p for _ in range(3) for p in holders(k=2, udp=0)]  # one tenant, three processes
+    [other] = holders(k=1, udp=0)
+    per_process = max(fds(p) for p in many)
+    cap = per_process * 2 + 1  # each process fits, the three together do not
+    tenant = container("t")
+    groups = [group("t", (tenant, many[0])), group("o", (container("o"), other))]  # all three are t's members
+    known = {tenant.id: many, container("o").id: [other]}
+    with caplog.at_level(logging.WARNING):
+        report = hostnet.read_groups(groups, reader, PROC, MemberFinder(PROC, known=known), os.getpid(), fd_cap=cap)
+    assert report.groups == ()  # the tenant spent the budget: it and the group after it are left out
+    assert [name for name, _ in report.over_cap] == ["t", "o"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "container t" in warnings[0] and "container o" in warnings[0], warnings
+    # the same processes one by one, as the per-process cap read them, fit
+    alone = hostnet.read_groups(groups, reader, PROC, MemberFinder(PROC, known=known), os.getpid(),
+                                fd_cap=sum(fds(p) for p in [*many, other]) + 3)
+    assert {s.owner.name: s.figures.tcp.states["close_wait"] for s in alone.groups} == {"t": 6, "o": 1}
+
+
+def test_groups_read_before_the_budget_ran_out_are_reported(holders: Any, reader: TcpReader) -> None:
+    [small] = holders(k=1, udp=0)
+    big = holders(k=2, udp=0) + holders(k=2, udp=0)
+    cap = fds(small) + max(fds(p) for p in big) + 1
+    b, s = container("b"), container("s")
+    groups = [group("s", (s, small)), group("b", (b, big[0]))]
+    report = hostnet.read_groups(groups, reader, PROC, MemberFinder(PROC, known={s.id: [small], b.id: big}),
+                                 os.getpid(), fd_cap=cap)
+    assert [s.owner.name for s in report.groups] == ["s"]
+    assert [name for name, _ in report.over_cap] == ["b"]
+
+
+def test_a_passed_deadline_leaves_the_unread_groups_out(holders: Any, reader: TcpReader,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    [one] = holders(k=1, udp=0)
+    with caplog.at_level(logging.WARNING):
+        report = run([group("a", (container("a"), one))], reader, deadline=Deadline(time.monotonic() - 1))
+    assert report.groups == () and [name for name, _ in report.over_cap] == ["a"]
+    assert any("deadline" in r.getMessage() and "container a" in r.getMessage() for r in caplog.records)

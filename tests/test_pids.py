@@ -251,3 +251,28 @@ def test_pod_listing_cost_with_hundreds_of_pods(tmp_path: Path, monkeypatch: pyt
     assert {cid: r.pid for cid, r in found.items()} == {cid: 1000 + n for n, cid in enumerate(containers)}
     assert len(listed) == 1 + 2 + 300  # kubepods, its two QoS directories, every pod
     assert len(opens) == 2 + 300 * 2  # the first container's two plain misses, then one each
+
+
+def test_still_owned_after_the_pid_was_reused(tmp_path: Path) -> None:
+    fake_proc(tmp_path, 3600, CID)
+    r = resolver(tmp_path)
+    assert r.still_owned(CID, 3600)
+    (tmp_path / "proc" / "3600" / "cgroup").write_text(CGROUP_V1.format(id=OTHER))  # exited, pid reused
+    assert not r.still_owned(CID, 3600) and r.still_owned(OTHER, 3600)
+    assert not r.still_owned(CID, 4242)  # gone, nothing in its place
+
+
+def test_a_cgroup_named_after_another_container_does_not_make_its_process_that_container_s(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for pid in (3601, 3602):  # two processes of CID in a cgroup it made and named after OTHER
+        d = tmp_path / "proc" / str(pid)
+        d.mkdir(parents=True)
+        (d / "cgroup").write_text(CGROUP_V1.format(id=f"{CID}/docker/{OTHER}"))
+    pids._WARNED.clear()  # once per run: a run is one process
+    r = resolver(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert [r.belongs(p, OTHER) for p in (3601, 3602)] == [False, False]
+        assert r.still_owned(CID, 3601)
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # one per pair and run
+    assert CID[:12] in warnings[0] and OTHER[:12] in warnings[0] and "outer" in warnings[0]

