@@ -17,6 +17,7 @@ from container_netstat.tcp_reader import parse_port_range
 from conftest import FIXTURES
 
 RECORDED = FIXTURES / "sock-diag" / "linux-6.18-states"
+RECORDED_PORT = 29709  # the recording socket's port id: the kernel addressed its replies to it
 SS_STATES = {
     "ESTAB": "established", "SYN-SENT": "syn_sent", "SYN-RECV": "syn_recv", "FIN-WAIT-1": "fin_wait1",
     "FIN-WAIT-2": "fin_wait2", "TIME-WAIT": "time_wait", "UNCONN": "close", "CLOSE-WAIT": "close_wait",
@@ -47,7 +48,7 @@ def test_recorded_dump_is_several_datagrams() -> None:
 
 
 def test_legacy_dump_counts_equal_ss() -> None:
-    summary = tcp_summary.summarize(sockdiag.decode(parts("legacy")))
+    summary = tcp_summary.summarize(sockdiag.decode(parts("legacy"), port=RECORDED_PORT))
     expected = ss_states()
     for name in tcp_summary.STATE_NAMES.values():
         assert summary.states[name] == expected.get(name, 0), name
@@ -55,7 +56,7 @@ def test_legacy_dump_counts_equal_ss() -> None:
 
 
 def test_legacy_dump_listeners_equal_ss_ltn() -> None:
-    sockets = sockdiag.decode_all(parts("legacy"))
+    sockets = sockdiag.decode_all(parts("legacy"), port=RECORDED_PORT)
     listeners = sorted((s.rqueue, s.wqueue) for s in sockets if s.state == tcp_summary.LISTEN)
     assert listeners == ss_listeners()
     summary = tcp_summary.summarize(sockets)
@@ -66,13 +67,13 @@ def test_legacy_dump_listeners_equal_ss_ltn() -> None:
 
 
 def test_one_legacy_walk_equals_the_v2_pair() -> None:
-    legacy = sorted(sockdiag.decode_all(parts("legacy")))
-    pair = sorted(sockdiag.decode_all(parts("v2-inet")) + sockdiag.decode_all(parts("v2-inet6")))
+    legacy = sorted(sockdiag.decode_all(parts("legacy"), port=RECORDED_PORT))
+    pair = sorted(sockdiag.decode_all(parts("v2-inet"), port=RECORDED_PORT) + sockdiag.decode_all(parts("v2-inet6"), port=RECORDED_PORT))
     assert legacy == pair
 
 
 def test_dump_and_proc_files_agree_except_the_backlog() -> None:
-    dumped = tcp_summary.summarize(sockdiag.decode(parts("legacy")))
+    dumped = tcp_summary.summarize(sockdiag.decode(parts("legacy"), port=RECORDED_PORT))
     proc = tcp_summary.summarize(
         procnet.parse_tcp_sockets((RECORDED / "tcp").read_text(), "tcp")
         + procnet.parse_tcp_sockets((RECORDED / "tcp6").read_text(), "tcp6")
@@ -83,7 +84,7 @@ def test_dump_and_proc_files_agree_except_the_backlog() -> None:
 
 
 def test_ipv4_mapped_peers_merge_with_ipv4() -> None:
-    sockets = sockdiag.decode_all(parts("legacy"))
+    sockets = sockdiag.decode_all(parts("legacy"), port=RECORDED_PORT)
     # 200 clients on 127.0.0.1 to the dual-stack listener on 9200: the client sides have
     # the IPv4 peer 127.0.0.1:9200; the accepted sides each have their own client port.
     assert Counter(s.peer for s in sockets)[(bytes([127, 0, 0, 1]), 9200)] == 200
