@@ -122,7 +122,7 @@ def stop(attacker: subprocess.Popen) -> Dict[str, Any]:
 
 
 @pytest.fixture
-def tenants(run_container: Any, holders: List[Any]) -> Any:
+def tenants(run_container: Any, holders: List[Any]) -> Any:  # noqa: F811 - the fixture
     hostile = run_container(name="fg-hostile", network_mode="none")
     others = [run_container(name=f"fg-other{i}", network_mode="none") for i in range(2)]
     holders.append(background(pid_of(hostile), workloads.hold(300)))

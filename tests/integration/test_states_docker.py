@@ -24,7 +24,7 @@ from conftest import in_netns, pid_of, unavailable
 from container_netstat import tcp_reader, sockdiag
 from container_netstat.namespaces import read_namespaces
 from container_netstat.records import Container
-from container_netstat.errors import ParseError, ProcessGone
+from container_netstat.errors import ProcessGone
 from container_netstat.metrics import GAUGE, NETNS_METRICS
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
