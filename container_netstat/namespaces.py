@@ -185,7 +185,7 @@ class _Pool:
         while not self.todo.empty():
             if self.deadline is not None and self.deadline.expired():
                 break
-            count = self.workers if not self.threads else 1
+            count = min(self.workers, len(self.tasks)) if not self.threads else 1
             self.threads = [threading.Thread(target=self._work, name=f"netns-{i}", daemon=True) for i in range(count)]
             for thread in self.threads:
                 thread.start()
