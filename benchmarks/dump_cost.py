@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import fleet  # noqa: E402
-from container_netstat import tcp_reader, sockdiag # noqa: E402
+from container_netstat import tcp_reader, tcp_summary, sockdiag  # noqa: E402
 from container_netstat.procfs import ProcFS  # noqa: E402
 
 CLONE_NEWNET = tcp_reader.CLONE_NEWNET
@@ -165,7 +165,8 @@ def steps(reader: tcp_reader.TcpReader) -> Dict[str, Callable[[int], object]]:
         "  + legacy dump, undecoded": with_dump,
         "sock_diag: TcpReader.read": reader.read,
         "/proc/<pid>/net/tcp{,6}, unparsed": proc_raw,
-        "/proc: TcpReader, parsed": reader._by_proc,
+        "/proc: TcpReader, parsed": lambda pid: tcp_summary.summarize(
+            reader._by_proc(pid, tcp_reader.TCP, tcp_reader.EVERY)),
     }
 
 

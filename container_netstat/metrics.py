@@ -264,6 +264,8 @@ def netns_samples(ns: NetnsStats, scopes: Mapping[str, str], groups: AbstractSet
     for m in NETNS_METRICS:
         if not _emitted(m, scopes, groups, NETNS):
             continue
+        if m.group == STATES and ns.readings.tcp_missing:
+            continue  # its dump failed (namespaces.py): no items for the states, not zeros
         try:
             value = m.get(ns.readings)
         except ParseError:

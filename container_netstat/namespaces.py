@@ -7,29 +7,48 @@ host's, so they are never reported as a namespace. With the ``hostnet`` group ea
 them (a pod once, with the containers that join it) reports the sockets its own
 processes hold instead (hostnet.py), under metric names of their own.
 One container that cannot be read never fails the run: it is counted instead.
+
+Namespaces are read by a few worker threads (``workers``; 1 reads them one after the
+other, still off the main thread): each enters a namespace only for its sock_diag dump
+and comes back (tcp_reader.py), and recv gives up the GIL while the kernel walks its
+table, so dumps overlap. The results are merged in the containers' order, so the output
+does not depend on which thread was first. A namespace whose dump fails loses its TCP
+states only; namespaces the run's deadline did not leave time for are listed as late.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
-from functools import partial
+import os
+import queue
+import threading
 from collections import Counter
-from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from dataclasses import dataclass, replace
+from functools import partial
+from types import TracebackType
+from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 from container_netstat import tcp_summary, hostnet, procnet
 from container_netstat.cgroup_members import MemberFinder
+from container_netstat.deadline import Deadline, OutOfTime
 from container_netstat.errors import ContainerNetstatError, ProcessGone
 from container_netstat.kubernetes import POD_UID
 from container_netstat.metrics import DEFAULT_GROUPS, HOSTNET, STATES, BASIC, COUNTERS
 from container_netstat.pids import PidResolver, Resolved
 from container_netstat.procfs import ProcFS
 from container_netstat.records import Container, HostStats, NetnsStats, Readings, Report, Snapshot, Tags, TcpPath, TcpReading
-from container_netstat.tcp_reader import TcpReader
+from container_netstat.tcp_reader import DumpFailed, HomeLost, TcpReader
 
 log = logging.getLogger(__name__)
 
 HOST_PID = 1
+# Worker threads for the namespaces: dumps spend their time in the kernel, and two
+# threads took about a quarter off the wall time on 2 vCPUs; more than 4 only add
+# contention on the host's one TCP table.
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
+# How long past the deadline the run waits for a worker still in a dump (each recv is
+# bounded by what is left of the deadline, so this is only scheduling slack).
+JOIN_SLACK = 2.0
 
 # The sections the metric catalogue reads; the rest of snmp/netstat (Ip, Icmp, IpExt,
 # MPTcpExt: hundreds of fields) is dropped at once, not kept for every namespace.
@@ -86,18 +105,22 @@ def _tcp_sockets(sockstat: procnet.Sections, sockstat6: procnet.Sections, path: 
 
 
 def read_netns(
-    proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS, tcp: Optional[TcpReader] = None
+    proc: ProcFS, pid: int, groups: AbstractSet[str] = DEFAULT_GROUPS, tcp: Optional[TcpReader] = None,
+    deadline: Optional[Deadline] = None, name: str = "", still_ours: Optional[Callable[[int], bool]] = None,
 ) -> Readings:
     """Read and parse what ``groups`` need from one pid's /proc/<pid>/net.
 
     sockstat6 and tcp6 are absent when IPv6 is disabled: then there are no IPv6 sockets.
     A namespace whose sockstat shows no TCP socket at all is not dumped: its states are zeros.
+    A dump that fails (tcp_reader.DumpFailed, or no time left for it) leaves the states
+    out, with the reason in ``tcp_missing``; the other figures are kept.
     """
     sockstat: procnet.Sections = {}
     sockstat6: procnet.Sections = {}
     snmp: procnet.Sections = {}
     netstat: procnet.Sections = {}
     states: Optional[TcpReading] = None
+    missing = ""
     if BASIC in groups or STATES in groups:
         sockstat = _parse(proc, pid, "sockstat", procnet.parse_sockstat)
         if proc.has_net(pid, "sockstat6"):
@@ -111,10 +134,100 @@ def read_netns(
         if _tcp_sockets(sockstat, sockstat6, proc.path(pid, "net", "sockstat")) == 0:
             states = TcpReading(tcp_summary.empty(), None, reader.path, skipped=True)
         else:
-            states = reader.read(pid)
+            try:
+                states = reader.read(pid, deadline, name, still_ours)
+            except (DumpFailed, OutOfTime) as err:
+                missing = str(err) or type(err).__name__
     if BASIC not in groups:
         sockstat, sockstat6 = {}, {}
-    return Readings(sockstat, sockstat6, snmp, netstat, states)
+    return Readings(sockstat, sockstat6, snmp, netstat, states, missing)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What reading one namespace gave, to be merged (and logged) by the main thread."""
+
+    stats: Optional[NetnsStats] = None
+    gone: bool = False
+    failed: str = ""
+
+
+_LATE = object()  # a task the deadline left no time for
+
+
+class _Pool:
+    """A few threads working through a list of tasks; results in the tasks' order.
+
+    A worker whose task raises HomeLost stops at once (it may be in a container's
+    namespace); that task is failed. If every worker stopped with tasks left, a fresh
+    thread (started here, so in the run's namespace) goes on with them. On leaving, tasks
+    not started are dropped and marked late, and the workers are waited for (until the
+    deadline and a little slack).
+    """
+
+    def __init__(self, tasks: Sequence[Callable[[], _Outcome]], workers: int, deadline: Optional[Deadline]) -> None:
+        self.tasks, self.workers, self.deadline = tasks, max(1, workers), deadline
+        self.results: List[object] = [_LATE] * len(tasks)
+        self.todo: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+        for i in range(len(tasks)):
+            self.todo.put(i)
+        self.threads: List[threading.Thread] = []
+        self.done = False
+
+    def __enter__(self) -> "_Pool":
+        return self
+
+    def __exit__(self, kind: Optional[Type[BaseException]], err: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self._drain()
+        if not self.done:
+            self._join()
+
+    def run(self) -> List[object]:
+        while not self.todo.empty():
+            if self.deadline is not None and self.deadline.expired():
+                break
+            count = min(self.workers, len(self.tasks)) if not self.threads else 1
+            self.threads = [threading.Thread(target=self._work, name=f"netns-{i}", daemon=True) for i in range(count)]
+            for thread in self.threads:
+                thread.start()
+            if not self._join():
+                break
+        self._drain()
+        self.done = True
+        return list(self.results)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                i = self.todo.get_nowait()
+            except queue.Empty:
+                return
+            if self.deadline is not None and self.deadline.expired():
+                continue  # stays _LATE
+            try:
+                self.results[i] = self.tasks[i]()
+            except HomeLost as err:
+                self.results[i] = err
+                return
+            except Exception as err:  # noqa: BLE001 - one namespace never stops the run
+                self.results[i] = err
+
+    def _join(self) -> bool:
+        """Wait for the workers; False if one is still busy past the deadline."""
+        for thread in self.threads:
+            if self.deadline is None:
+                thread.join()
+            else:
+                thread.join(max(0.0, self.deadline.remaining()) + JOIN_SLACK)
+        return not any(thread.is_alive() for thread in self.threads)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.todo.get_nowait()
+            except queue.Empty:
+                return
 
 
 T = TypeVar("T")
@@ -164,16 +277,27 @@ def read_namespaces(
     tcp: Optional[TcpReader] = None,
     scanned: Optional[Mapping[str, Iterable[int]]] = None,
     fd_cap: int = hostnet.FD_CAP,
+    deadline: Optional[Deadline] = None,
+    workers: int = DEFAULT_WORKERS,
+    still_ours: Optional[Callable[[Container, int], bool]] = None,
 ) -> Snapshot:
     """Read every container namespace once; see the module docstring.
 
     ``tcp`` reads TCP states (probed by the caller); one is made here if the group is asked
     for without it. ``scanned``: every pid of each container, where the discovery backend
     has scanned them already (discovery.py); ``fd_cap`` bounds the hostnet group's fd reads.
+    ``deadline``: the run's; namespaces not started by then are in ``Snapshot.late``, and
+    each dump takes its budget from it. ``workers``: threads reading namespaces (1: one
+    after the other). ``still_ours(container, pid)``: asked with the pid's namespace held
+    open, before its dump, whether the pid is still the container's (pid reuse); False
+    counts as the pid gone; by default the pid's cgroup must still name the container
+    (pids.PidResolver.still_owned).
     """
     if STATES in groups and tcp is None:
         tcp = TcpReader(proc)
         tcp.probe()
+    if still_ours is None:
+        still_ours = lambda container, pid: resolver.still_owned(container.id, pid)  # noqa: E731
     host = read_host(proc)
     gone: List[str] = []
     failed: List[Tuple[str, str]] = []
@@ -230,36 +354,65 @@ def read_namespaces(
         by_key.setdefault(key, []).append((container, pid))
 
     tcp, groups, path = _tcp_decision(tcp, groups, by_key)
+    resolve_lock = threading.Lock()  # the resolver is not known to be thread-safe
+
+    def resolve_again(container: Container, pid: int, read: Callable[[int], Readings]) -> Tuple[int, Readings]:
+        try:
+            return pid, read(pid)
+        except ProcessGone:
+            with resolve_lock:
+                again = resolver.resolve([(container.id, container.labels.get(POD_UID, ""))]).get(container.id)
+            if again is None or again.pid == pid:
+                raise
+            return again.pid, read(again.pid)
+
+    def task(key: int, entries: List[Tuple[Container, int]]) -> Callable[[], _Outcome]:
+        def read_one() -> _Outcome:
+            owner = _pick_owner([c for c, _ in entries])
+            members = [c for c, _ in entries] + [j for c, _ in entries for j in joiners.get(c.id, [])]
+            for container, pid in sorted(entries, key=lambda e: e[0] is not owner):
+                ours = (lambda p, c=container: still_ours(c, p)) if still_ours is not None else None
+                try:
+                    pid, readings = resolve_again(
+                        container, pid, lambda p: read_netns(proc, p, groups, tcp, deadline, owner.name, ours))
+                except ProcessGone:
+                    continue  # another member may still be there
+                except HomeLost:
+                    raise  # this thread stops (_Pool)
+                except ContainerNetstatError as err:
+                    return _Outcome(failed=str(err))
+                return _Outcome(NetnsStats(owner=owner, members=tuple(sorted(c.name for c in members)), pid=pid,
+                                           key=key, tags=identity_tags(members, owner), readings=readings))
+            return _Outcome(gone=True)
+        return read_one
+
+    keys = list(by_key.items())
+    with _Pool([task(key, entries) for key, entries in keys], workers, deadline) as pool:
+        results = pool.run()
     namespaces: List[NetnsStats] = []
-    for key, entries in by_key.items():
+    late: List[str] = []
+    for (key, entries), result in zip(keys, results):
         owner = _pick_owner([c for c, _ in entries])
-        members = [c for c, _ in entries] + [j for c, _ in entries for j in joiners.get(c.id, [])]
-        names = tuple(sorted(c.name for c in members))
-        if len(members) > 1:
+        names = sorted([c.name for c, _ in entries] + [j.name for c, _ in entries for j in joiners.get(c.id, [])])
+        if len(names) > 1:
             log.debug("namespace %d: %s share it; owner %s", key, ", ".join(names), owner.name)
-        for container, pid in sorted(entries, key=lambda e: e[0] is not owner):
-            try:
-                pid, readings = _retrying(resolver, container, pid, lambda p: read_netns(proc, p, groups, tcp))
-            except ProcessGone:
-                continue  # another member may still be there
-            except ContainerNetstatError as err:
-                log.error("container %s: %s", owner.name, err)
-                failed.append((owner.name, str(err)))
-                break
-            namespaces.append(
-                NetnsStats(
-                    owner=owner,
-                    members=names,
-                    pid=pid,
-                    key=key,
-                    tags=identity_tags(members, owner),
-                    readings=readings,
-                )
-            )
-            break
-        else:
+        if result is _LATE:
+            late.append(owner.name)
+        elif isinstance(result, _Outcome) and result.stats is not None:
+            namespaces.append(result.stats)
+            if result.stats.readings.tcp_missing:
+                log.warning("container %s: TCP states left out of this run: %s", owner.name,
+                            result.stats.readings.tcp_missing)
+        elif isinstance(result, _Outcome) and result.gone:
             log.warning("container %s: exited during the run; skipped", owner.name)
             gone.append(owner.name)
+        else:
+            why = result.failed if isinstance(result, _Outcome) else f"{type(result).__name__}: {result}"
+            log.error("container %s: %s", owner.name, why)
+            failed.append((owner.name, why))
+    if late:
+        log.warning("%d namespace(s) not read: the run's deadline came first: %s", len(late),
+                    ", ".join(late[:10]) + (", ..." if len(late) > 10 else ""))
 
     host_ids = {c.id for c in host_roots} | {c.id for c, _ in host_entries}
     host_joined = tuple(sorted((j.name, target.name) for target in containers if target.id in host_ids
@@ -268,7 +421,7 @@ def read_namespaces(
         log.debug("container %s: joins host-network container %s", name, target_name)
     report: Optional[Report] = None
     if HOSTNET in groups:
-        report = _hostnet(host_roots, host_entries, joiners, resolver, proc, tcp or path, scanned, fd_cap)
+        report = _hostnet(host_roots, host_entries, joiners, resolver, proc, tcp or path, scanned, fd_cap, deadline)
         gone += report.gone
         failed += report.failed
 
@@ -284,6 +437,7 @@ def read_namespaces(
         groups=frozenset(groups),
         host_joined=host_joined,
         hostnet=report,
+        late=tuple(late),
     )
 
 
@@ -296,6 +450,7 @@ def _hostnet(
     tcp: Optional[TcpReader],
     scanned: Optional[Mapping[str, Iterable[int]]],
     fd_cap: int,
+    deadline: Optional[Deadline] = None,
 ) -> Report:
     """One hostnet group per host-network container with the containers that join it,
     merged by identity tags: a pod's containers (each on the host network, or joined to
@@ -322,7 +477,7 @@ def _hostnet(
         reader = TcpReader(proc)
         reader.probe()
     finder = MemberFinder(proc, resolver.cgroup_root, known=scanned)
-    report = hostnet.read_groups(groups, reader, proc, finder, HOST_PID, fd_cap)
+    report = hostnet.read_groups(groups, reader, proc, finder, HOST_PID, fd_cap, deadline=deadline)
     if tcp is None:
         reader.close()
     return replace(report, gone=(*gone, *report.gone))

@@ -66,6 +66,9 @@ class Readings:
     snmp: procnet.Sections = field(default_factory=dict)
     netstat: procnet.Sections = field(default_factory=dict)
     tcp: Optional[TcpReading] = None
+    # Why the TCP states of this namespace are left out ("" when read or not asked for):
+    # its dump ended badly; its other figures are reported.
+    tcp_missing: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class Snapshot:
     groups: AbstractSet[str] = frozenset()  # the metric groups read (states may have been left out)
     host_joined: Tuple[Tuple[str, str], ...] = ()  # (container, the host-network container it joins)
     hostnet: Optional["Report"] = None  # host-network containers' own sockets; None without the group
+    late: Tuple[str, ...] = ()  # containers whose namespace was not read: the run's deadline came first
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,16 @@ namespace it was created in (``sock_net``), and a /proc/sys/net file for the nam
 it was opened in (fs/proc/proc_sysctl.c, net/sysctl_net.c ``net_ctl_header_lookup``).
 setns changes only the calling thread, and ``_Home`` always brings it back, even on error.
 
+Only worker threads enter namespaces, never the main thread: Python runs signal handlers
+in the main thread only, so a SIGINT or SIGTERM cannot run code (the push, the spool) in
+a container's namespace. On the way out the worker compares its
+``/proc/thread-self/ns/net`` inode with the one the run started in; a worker that did not
+get back (``HomeLost``) refuses any further namespace. The dump itself (``sockdiag``)
+believes only the kernel: the socket is connected to port id 0, each request has a
+fresh sequence number, and a dump is bounded in messages and in time (the run's
+``Deadline``, at most ``DUMP_SECONDS``). A dump that ends badly raises ``DumpFailed``:
+that namespace's TCP states are left out, its other figures stay.
+
 - setns needs CAP_SYS_ADMIN (kernel/nsproxy.c, net/core/net_namespace.c ``netns_install``).
 - Opening another process's ns file needs ptrace read access to it (fs/proc/namespaces.c):
   a process with capabilities the caller lacks needs CAP_SYS_PTRACE.
@@ -23,15 +33,19 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import logging
 import os
+import secrets
 import socket
+import threading
 from dataclasses import dataclass
-from typing import AbstractSet, Callable, Iterator, List, Optional, Set, Tuple
+from typing import AbstractSet, Callable, Iterator, List, Optional, Set, Tuple, TypeVar
 
 from container_netstat import tcp_summary, procnet, sockdiag
+from container_netstat.deadline import Deadline, OutOfTime
 from container_netstat.tcp_summary import TcpSocket
-from container_netstat.errors import ContainerNetstatError, ProcessGone, ProcReadError
+from container_netstat.errors import ContainerNetstatError, ParseError, ProcessGone, ProcReadError
 from container_netstat.procfs import ProcFS
 from container_netstat.records import TcpReading
 
@@ -43,7 +57,14 @@ PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 SOCK_DIAG, PROC = "sock_diag", "proc"
 TCP, UDP = "tcp", "udp"  # the protocols ``TcpReader.sockets`` reads; also the /proc/net file names
 RECV_BUFFER = 65536  # the kernel fills dump datagrams up to 32 KiB (net/netlink/af_netlink.c)
-NETLINK_TIMEOUT = 5.0
+# One dump's time cap: a namespace's dump walks the host's shared TCP table in 4 to 7 ms
+# of kernel time here (docs/development.rst, "TCP states cost"); seconds mean a stalled
+# host or a runaway dump, and the run has other namespaces to read.
+DUMP_SECONDS = 5.0
+# Sequence numbers: one per request, from a random start, so that no reply of an earlier
+# request (or a guess) matches a later one. next() of itertools.count is atomic in CPython.
+_SEQUENCE = itertools.count(secrets.randbits(31) + 1)
+T = TypeVar("T")
 
 
 class NotPermitted(ContainerNetstatError):
@@ -56,6 +77,19 @@ class NamespaceGone(ProcessGone):
 
 class SockDiagUnsupported(ContainerNetstatError):
     """The kernel refused both dump requests (no inet_diag): read from /proc."""
+
+
+class DumpFailed(ContainerNetstatError):
+    """A dump ended badly (cut short, a bad or foreign message, refused mid-way, over its
+    caps in messages or time): this namespace's TCP states are left out of the run."""
+
+
+class HomeLost(ContainerNetstatError):
+    """A thread could not return to the run's own namespace: it must do nothing more."""
+
+
+def _next_seq() -> int:
+    return next(_SEQUENCE) & 0xFFFFFFFF or 1
 
 
 def _libc_setns() -> Callable[[int, int], None]:
@@ -72,12 +106,18 @@ def _libc_setns() -> Callable[[int, int], None]:
 
 
 class _Home:
-    """Enter a namespace for a few calls; the thread is back in its own on leaving."""
+    """Enter a namespace for a few calls; the thread is back in its own on leaving, checked
+    by the inode of its ns file. A thread that is not back is marked lost in ``local``."""
 
-    def __init__(self, setns: Callable[[int, int], None], home_fd: int, target_fd: int) -> None:
+    def __init__(self, setns: Callable[[int, int], None], home_fd: int, target_fd: int, home_ino: int,
+                 local: threading.local, self_ns: str = SELF_NS) -> None:
         self.setns, self.home_fd, self.target_fd = setns, home_fd, target_fd
+        self.home_ino, self.local, self.self_ns = home_ino, local, self_ns
 
     def __enter__(self) -> "_Home":
+        lost = getattr(self.local, "lost", None)
+        if lost:
+            raise HomeLost(lost)
         try:
             self.setns(self.target_fd, CLONE_NEWNET)
         except OSError as err:
@@ -86,8 +126,43 @@ class _Home:
 
     def __exit__(self, *exc: object) -> None:
         # Staying in a container's namespace would put every later read and the push there:
-        # not returning is not an error to carry on from.
-        self.setns(self.home_fd, CLONE_NEWNET)
+        # not returning is not an error to carry on from, so this thread stops here.
+        try:
+            self.setns(self.home_fd, CLONE_NEWNET)
+            back = os.stat(self.self_ns).st_ino == self.home_ino
+            why = "" if back else "still in another namespace after setns"
+        except OSError as err:
+            back, why = False, f"setns home refused ({err.strerror or err})"
+        if not back:
+            self.local.lost = f"thread {threading.current_thread().name} could not return to its namespace: {why}"
+            raise HomeLost(self.local.lost)
+
+
+def off_main(call: Callable[[], T]) -> T:
+    """``call()`` in a worker thread when the caller is the main thread (which never leaves
+    its namespace, see the module docstring); as is in any other thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    box: List[object] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as err:  # handed to the caller, raised there
+            box.append(_Raised(err))
+
+    worker = threading.Thread(target=run, name="netns-enter", daemon=True)
+    worker.start()
+    worker.join()
+    result = box[0]
+    if isinstance(result, _Raised):
+        raise result.err
+    return result  # type: ignore[return-value]
+
+
+class _Raised:
+    def __init__(self, err: BaseException) -> None:
+        self.err = err
 
 
 def parse_port_range(text: str, path: str = PORT_RANGE) -> int:
@@ -121,6 +196,8 @@ class TcpReader:
         self.self_ns = self_ns
         self._setns = _libc_setns()
         self._home_fd: Optional[int] = None
+        self._home_ino = 0
+        self._local = threading.local()  # per thread: why it could not return, if it could not
         self.unavailable: Optional[str] = None  # why sock_diag is not used, once probed
         self.request = "legacy"  # TCPDIAG_GETSOCK (one walk); "v2" once the kernel refused it
         self.fallbacks: List[str] = []  # why some namespaces were read from /proc
@@ -130,7 +207,8 @@ class TcpReader:
         """None if sock_diag can be used, else the reason (for the info line and doctor)."""
         try:
             self._home_fd = os.open(self.self_ns, os.O_RDONLY | os.O_CLOEXEC)
-            self._setns(self._home_fd, CLONE_NEWNET)
+            self._home_ino = os.fstat(self._home_fd).st_ino
+            self._setns(self._home_fd, CLONE_NEWNET)  # our own namespace: nothing changes
         except OSError as err:
             self.close()
             self.unavailable = f"setns refused ({err.strerror}): needs CAP_SYS_ADMIN"
@@ -168,10 +246,24 @@ class TcpReader:
             os.close(self._home_fd)
             self._home_fd = None
 
-    def read(self, pid: int) -> TcpReading:
-        """The summary of one pid's namespace; ProcessGone if it went away meanwhile."""
-        sockets, port_range, path = self._sockets(pid, TCP, EVERY)
-        return TcpReading(tcp_summary.summarize(sockets), port_range, path)
+    def read(self, pid: int, deadline: Optional[Deadline] = None, name: str = "",
+             still_ours: Optional[Callable[[int], bool]] = None) -> TcpReading:
+        """The summary of one pid's namespace, counted while the dump is decoded.
+
+        ProcessGone if the pid went away meanwhile, or ``still_ours(pid)`` said, with the
+        namespace held open, that it is not the container's any more; DumpFailed if the
+        dump ended badly (the caller leaves this namespace's states out); HomeLost if this
+        thread could not return to its namespace. ``deadline`` bounds the dump (at most
+        DUMP_SECONDS); ``name`` names the container in messages.
+        """
+        if self._home_fd is not None and self.unavailable is None and TCP not in self._refused:
+            tally = tcp_summary.Tally()
+            try:
+                port_range = self._by_sock_diag(pid, TCP, EVERY, tally.add, deadline, name, still_ours)
+                return TcpReading(tally.summary(), port_range, SOCK_DIAG)
+            except (NotPermitted, SockDiagUnsupported) as err:
+                self._note_fallback(pid, str(err))
+        return TcpReading(tcp_summary.summarize(self._by_proc(pid, TCP, EVERY)), None, PROC)
 
     def sockets(self, pid: int, protocol: str = TCP, here: bool = False,
                 select: Optional[Selection] = None) -> Tuple[List[TcpSocket], str]:
@@ -202,9 +294,10 @@ class TcpReader:
 
     def _sockets(self, pid: int, protocol: str, select: Selection) -> Tuple[List[TcpSocket], Optional[int], str]:
         if self._home_fd is not None and self.unavailable is None and protocol not in self._refused:
+            found: List[TcpSocket] = []
             try:
-                sockets, port_range = self._by_sock_diag(pid, protocol, select)
-                return sockets, port_range, SOCK_DIAG
+                port_range = self._by_sock_diag(pid, protocol, select, found.append)
+                return found, port_range, SOCK_DIAG
             except (NotPermitted, SockDiagUnsupported) as err:
                 if isinstance(err, SockDiagUnsupported) and protocol == UDP:
                     self._refused.add(protocol)  # no udp_diag in this kernel: not asked again
@@ -213,9 +306,11 @@ class TcpReader:
 
     def _dump_here(self, protocol: str, select: Selection) -> List[TcpSocket]:
         sock = _netlink_socket()
+        found: List[TcpSocket] = []
         try:
-            sock.settimeout(NETLINK_TIMEOUT)
-            return self._dump(sock, "sock_diag of this namespace", protocol, select)
+            self._dump(sock, "sock_diag of this namespace", protocol, select, found.append,
+                       Deadline.after(DUMP_SECONDS))
+            return found
         finally:
             sock.close()
 
@@ -248,21 +343,31 @@ class TcpReader:
         except OSError as err:
             raise ProcReadError(f"{path}: {err.strerror or err}") from err
 
-    def _by_sock_diag(self, pid: int, protocol: str, select: Selection) -> Tuple[List[TcpSocket], Optional[int]]:
-        assert self._home_fd is not None
+    def _by_sock_diag(self, pid: int, protocol: str, select: Selection, sink: Callable[[TcpSocket], None],
+                      deadline: Optional[Deadline] = None, name: str = "",
+                      still_ours: Optional[Callable[[int], bool]] = None) -> Optional[int]:
+        """Dump one pid's namespace into ``sink``; its ephemeral port count, if readable."""
         path = self.proc.path(pid, "ns", "net")
+        label = f"sock_diag of {name or path}"
+        # The budget first: a run out of time does not even enter the namespace.
+        try:
+            seconds = deadline.budget(DUMP_SECONDS, f"the sock_diag dump of {name or path}") \
+                if deadline is not None else DUMP_SECONDS
+        except OutOfTime as err:
+            raise DumpFailed(str(err)) from err
+        until = Deadline.after(seconds)
         ns_fd = self._open_ns(pid)
         try:
             dumped = os.fstat(ns_fd).st_ino
-            with _Home(self._setns, self._home_fd, ns_fd):
-                sock = _netlink_socket()
-                range_text = _read_inside(PORT_RANGE)
+            # The ns file is held: the namespace cannot go away under us, but the pid could
+            # have been reused before it was opened; the caller knows whose it must be.
+            if still_ours is not None and not still_ours(pid):
+                raise NamespaceGone(pid, path)
+            sock, range_text = off_main(lambda: self._enter_and_open(ns_fd))
         finally:
             os.close(ns_fd)
         try:
-            sock.settimeout(NETLINK_TIMEOUT)
-            label = f"sock_diag of {path}"
-            sockets = self._dump(sock, label, protocol, select)
+            self._dump(sock, label, protocol, select, sink, until)
         finally:
             sock.close()
         try:
@@ -273,32 +378,68 @@ class TcpReader:
             raise ProcReadError(f"{path}: {err.strerror or err}") from err
         if now != dumped:
             raise NamespaceGone(pid, path)
-        port_range = parse_port_range(range_text) if range_text is not None else None
-        return sockets, port_range
+        return parse_port_range(range_text) if range_text is not None else None
 
-    def _dump(self, sock: socket.socket, path: str, protocol: str, select: Selection) -> List[TcpSocket]:
+    def _enter_and_open(self, ns_fd: int) -> Tuple[socket.socket, Optional[str]]:
+        """In a worker thread: enter, make the netlink socket and read the port range, return."""
+        assert self._home_fd is not None
+        sock: Optional[socket.socket] = None
+        try:
+            with _Home(self._setns, self._home_fd, ns_fd, self._home_ino, self._local, self.self_ns):
+                sock = _netlink_socket()
+                range_text = _read_inside(PORT_RANGE)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        return sock, range_text
+
+    def _dump(self, sock: socket.socket, path: str, protocol: str, select: Selection,
+              sink: Callable[[TcpSocket], None], until: Deadline) -> None:
         """For TCP the legacy request's one walk, the v2 pair where the kernel refuses it;
-        for UDP the v2 pair (the legacy request knows TCP only, inet_diag_dump_compat)."""
+        for UDP the v2 pair (the legacy request knows TCP only, inet_diag_dump_compat).
+        A refusal is told apart before anything reaches ``sink``: it is the first message."""
         if protocol == TCP and self.request == "legacy":
-            sock.send(sockdiag.legacy_request(states=select.states))
             try:
-                # A list, so that a refusal shows before anything is counted.
-                return sockdiag.decode_all(_replies(sock, path), path, select.inodes)
+                self._one(sock, path, sockdiag.legacy_request, select, sink, until)
+                return
             except sockdiag.DumpRefused as err:
                 log.info("sock_diag: the legacy TCPDIAG_GETSOCK request was refused (%s); using "
                          "SOCK_DIAG_BY_FAMILY per family", err)
                 self.request = "v2"
         number = sockdiag.IPPROTO_TCP if protocol == TCP else sockdiag.IPPROTO_UDP
-        found: List[TcpSocket] = []
         for family in (sockdiag.AF_INET, sockdiag.AF_INET6):
-            sock.send(sockdiag.v2_request(family, states=select.states, protocol=number))
+            def request(seq: int, states: int, family: int = family) -> bytes:
+                return sockdiag.v2_request(family, seq, states, number)
             try:
-                found += sockdiag.decode(_replies(sock, path), path, select.inodes)
+                self._one(sock, path, request, select, sink, until)
             except sockdiag.DumpRefused as err:
                 if family == sockdiag.AF_INET6 and err.code in (errno.ENOENT, errno.EAFNOSUPPORT):
                     continue  # no IPv6 in this kernel: no IPv6 sockets
                 raise SockDiagUnsupported(str(err) if protocol == TCP else f"UDP: {err}") from err
-        return found
+
+    def _one(self, sock: socket.socket, path: str, request: Callable[[int, int], bytes], select: Selection,
+             sink: Callable[[TcpSocket], None], until: Deadline) -> None:
+        """One request and its dump into ``sink``. DumpRefused only for a refusal before any
+        record; every other bad ending is DumpFailed."""
+        seq = _next_seq()
+        dump = sockdiag.Dump(seq, sock.getsockname()[0], path, select.inodes)
+        try:
+            sock.send(request(seq, select.states))
+            for found in dump.received(_replies(sock, path, until)):
+                sink(found)
+        except sockdiag.DumpRefused as err:
+            if dump.records:
+                raise DumpFailed(f"refused after {dump.records} records: {err}") from err
+            raise
+        except (ParseError, ProcReadError) as err:
+            raise DumpFailed(str(err)) from err
+        except OSError as err:  # send refused
+            raise DumpFailed(f"{path}: {err.strerror or err}") from err
+        finally:
+            if dump.dropped:
+                log.info("%s: %d replies not from the kernel or not to this request were dropped",
+                         path, dump.dropped)
 
 
 @dataclass(frozen=True)
@@ -321,23 +462,37 @@ EVERY = Selection()
 
 
 def _netlink_socket() -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket connected to the kernel: net/netlink/af_netlink.c
+    (``netlink_getsockbyportid``) refuses a connected socket unicasts from any port id but
+    the one it is connected to, so no process can put messages in its queue."""
     try:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, sockdiag.NETLINK_SOCK_DIAG)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, sockdiag.NETLINK_SOCK_DIAG)
     except OSError as err:  # a seccomp filter or RestrictAddressFamilies= without AF_NETLINK
         raise SockDiagUnsupported(f"no NETLINK_SOCK_DIAG socket ({err.strerror or err})") from err
+    try:
+        sock.connect((sockdiag.KERNEL_PORT, 0))
+    except OSError as err:
+        sock.close()
+        raise SockDiagUnsupported(f"NETLINK_SOCK_DIAG socket not connected ({err.strerror or err})") from err
+    return sock
 
 
-def _replies(sock: socket.socket, path: str) -> Iterator[bytes]:
+def _replies(sock: socket.socket, path: str, until: Deadline) -> Iterator[Tuple[bytes, int]]:
+    """(datagram, sender port id) until the caller stops; each wait, and all of them, within ``until``."""
     while True:
+        left = until.remaining()
+        if left <= 0:
+            raise DumpFailed(f"{path}: no end of the dump within its time")
+        sock.settimeout(left)
         try:
-            data = sock.recv(RECV_BUFFER)
+            data, (sender, _groups) = sock.recvfrom(RECV_BUFFER)
         except socket.timeout as err:
-            raise ProcReadError(f"{path}: no reply within {NETLINK_TIMEOUT:.0f} s") from err
-        except OSError as err:
-            raise ProcReadError(f"{path}: {err.strerror or err}") from err
+            raise DumpFailed(f"{path}: no end of the dump within its time") from err
+        except OSError as err:  # ENOBUFS: the receive queue overflowed, the dump is not whole
+            raise DumpFailed(f"{path}: {err.strerror or err}") from err
         if not data:
-            return
-        yield data
+            raise DumpFailed(f"{path}: replies ended before NLMSG_DONE")
+        yield data, sender
 
 
 def _read_inside(path: str) -> Optional[str]:

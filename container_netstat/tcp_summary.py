@@ -19,6 +19,12 @@ and ``/proc/<pid>/net/tcp{,6}`` (``procnet.parse_tcp_sockets``). What is summari
   port to one remote, so this count against the ephemeral port range tells how close it is
   to ``connect()`` failing with EADDRNOTAVAIL. Unconnected sockets (remote port 0) are left
   out; IPv4-mapped IPv6 remotes count as their IPv4 address.
+
+``Tally`` counts while a dump is decoded, so no list of sockets is kept: its memory is
+the per-remote map, bounded by ``PEER_CAP`` distinct remotes. Past the cap, sockets to a
+remote not seen yet are not counted (those already in the map still are) and the summary
+says so (``peers_capped``): ``peer_max`` is then a lower bound. A namespace with that many
+remotes is a server talking to a crowd, not a client running out of ports to one remote.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ LISTEN = 10
 ORPHAN_STATES = frozenset({4, 5, 7, 9, 11})
 NEAR_FULL_PERCENT = 80
 UNKNOWN_BACKLOG = -1
+# Distinct remotes counted per namespace: about 10 MiB of map at most (a key and a count,
+# ~150 bytes each), where 108,000 sockets as TcpSocket records took 29 MiB.
+PEER_CAP = 65536
 
 
 class TcpSocket(NamedTuple):
@@ -66,6 +75,7 @@ class TcpSummary:
     fill_max_percent: Optional[int]  # None without listeners or without backlogs
     near_full: Optional[int]  # listeners at or above NEAR_FULL_PERCENT; None as fill
     peer_max: int  # the most sockets sharing one remote (address, port)
+    peers_capped: bool = False  # more than PEER_CAP remotes: peer_max is a lower bound
 
 
 def fill_percent(queue: int, backlog: int) -> int:
@@ -78,37 +88,59 @@ def empty() -> TcpSummary:
     return TcpSummary(dict.fromkeys([*STATE_NAMES.values(), "orphan"], 0), 0, 0, None, None, 0)
 
 
-def summarize(sockets: Iterable[TcpSocket]) -> TcpSummary:
-    """Count states, listeners and remotes in one pass; the sockets are not kept."""
-    by_state = dict.fromkeys(STATE_NAMES, 0)
-    orphans = listeners = queue_max = near_full = 0
-    fill_max = -1
-    backlog_known = True
-    peers: Dict[Tuple[bytes, int], int] = {}
-    for sock in sockets:
-        by_state[sock.state] += 1
+class Tally:
+    """Counts states, listeners and remotes one socket at a time; keeps no socket."""
+
+    def __init__(self, peer_cap: int = PEER_CAP) -> None:
+        self.by_state = dict.fromkeys(STATE_NAMES, 0)
+        self.orphans = self.listeners = self.queue_max = self.near_full = 0
+        self.fill_max = -1
+        self.backlog_known = True
+        self.peers: Dict[Tuple[bytes, int], int] = {}
+        self.peer_cap = peer_cap
+        self.peers_capped = False
+
+    def add(self, sock: TcpSocket) -> None:
+        self.by_state[sock.state] += 1
         if sock.state == LISTEN:
-            listeners += 1
-            queue_max = max(queue_max, sock.rqueue)
+            self.listeners += 1
+            self.queue_max = max(self.queue_max, sock.rqueue)
             if sock.wqueue == UNKNOWN_BACKLOG:
-                backlog_known = False
-                continue
+                self.backlog_known = False
+                return
             fill = fill_percent(sock.rqueue, sock.wqueue)
-            fill_max = max(fill_max, fill)
-            near_full += fill >= NEAR_FULL_PERCENT
-            continue
+            self.fill_max = max(self.fill_max, fill)
+            self.near_full += fill >= NEAR_FULL_PERCENT
+            return
         if sock.inode == 0 and sock.state in ORPHAN_STATES:
-            orphans += 1
+            self.orphans += 1
         if sock.peer[1]:
-            peers[sock.peer] = peers.get(sock.peer, 0) + 1
-    states: Dict[str, int] = {STATE_NAMES[s]: n for s, n in by_state.items()}
-    states["orphan"] = orphans
-    has_fill = listeners > 0 and backlog_known
-    return TcpSummary(
-        states=states,
-        listeners=listeners,
-        queue_max=queue_max,
-        fill_max_percent=fill_max if has_fill else None,
-        near_full=near_full if has_fill else None,
-        peer_max=max(peers.values(), default=0),
-    )
+            count = self.peers.get(sock.peer)
+            if count is not None:
+                self.peers[sock.peer] = count + 1
+            elif len(self.peers) < self.peer_cap:
+                self.peers[sock.peer] = 1
+            else:
+                self.peers_capped = True
+
+    def summary(self) -> TcpSummary:
+        states: Dict[str, int] = {STATE_NAMES[s]: n for s, n in self.by_state.items()}
+        states["orphan"] = self.orphans
+        has_fill = self.listeners > 0 and self.backlog_known
+        return TcpSummary(
+            states=states,
+            listeners=self.listeners,
+            queue_max=self.queue_max,
+            fill_max_percent=self.fill_max if has_fill else None,
+            near_full=self.near_full if has_fill else None,
+            peer_max=max(self.peers.values(), default=0),
+            peers_capped=self.peers_capped,
+        )
+
+
+def summarize(sockets: Iterable[TcpSocket], peer_cap: int = PEER_CAP) -> TcpSummary:
+    """Count states, listeners and remotes in one pass; the sockets are not kept."""
+    tally = Tally(peer_cap)
+    for sock in sockets:
+        tally.add(sock)
+    return tally.summary()

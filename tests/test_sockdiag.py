@@ -17,6 +17,7 @@ from container_netstat.tcp_reader import parse_port_range
 from conftest import FIXTURES
 
 RECORDED = FIXTURES / "sock-diag" / "linux-6.18-states"
+RECORDED_PORT = 29709  # the recording socket's port id: the kernel addressed its replies to it
 SS_STATES = {
     "ESTAB": "established", "SYN-SENT": "syn_sent", "SYN-RECV": "syn_recv", "FIN-WAIT-1": "fin_wait1",
     "FIN-WAIT-2": "fin_wait2", "TIME-WAIT": "time_wait", "UNCONN": "close", "CLOSE-WAIT": "close_wait",
@@ -47,7 +48,7 @@ def test_recorded_dump_is_several_datagrams() -> None:
 
 
 def test_legacy_dump_counts_equal_ss() -> None:
-    summary = tcp_summary.summarize(sockdiag.decode(parts("legacy")))
+    summary = tcp_summary.summarize(sockdiag.decode(parts("legacy"), port=RECORDED_PORT))
     expected = ss_states()
     for name in tcp_summary.STATE_NAMES.values():
         assert summary.states[name] == expected.get(name, 0), name
@@ -55,7 +56,7 @@ def test_legacy_dump_counts_equal_ss() -> None:
 
 
 def test_legacy_dump_listeners_equal_ss_ltn() -> None:
-    sockets = sockdiag.decode_all(parts("legacy"))
+    sockets = sockdiag.decode_all(parts("legacy"), port=RECORDED_PORT)
     listeners = sorted((s.rqueue, s.wqueue) for s in sockets if s.state == tcp_summary.LISTEN)
     assert listeners == ss_listeners()
     summary = tcp_summary.summarize(sockets)
@@ -66,13 +67,13 @@ def test_legacy_dump_listeners_equal_ss_ltn() -> None:
 
 
 def test_one_legacy_walk_equals_the_v2_pair() -> None:
-    legacy = sorted(sockdiag.decode_all(parts("legacy")))
-    pair = sorted(sockdiag.decode_all(parts("v2-inet")) + sockdiag.decode_all(parts("v2-inet6")))
+    legacy = sorted(sockdiag.decode_all(parts("legacy"), port=RECORDED_PORT))
+    pair = sorted(sockdiag.decode_all(parts("v2-inet"), port=RECORDED_PORT) + sockdiag.decode_all(parts("v2-inet6"), port=RECORDED_PORT))
     assert legacy == pair
 
 
 def test_dump_and_proc_files_agree_except_the_backlog() -> None:
-    dumped = tcp_summary.summarize(sockdiag.decode(parts("legacy")))
+    dumped = tcp_summary.summarize(sockdiag.decode(parts("legacy"), port=RECORDED_PORT))
     proc = tcp_summary.summarize(
         procnet.parse_tcp_sockets((RECORDED / "tcp").read_text(), "tcp")
         + procnet.parse_tcp_sockets((RECORDED / "tcp6").read_text(), "tcp6")
@@ -83,7 +84,7 @@ def test_dump_and_proc_files_agree_except_the_backlog() -> None:
 
 
 def test_ipv4_mapped_peers_merge_with_ipv4() -> None:
-    sockets = sockdiag.decode_all(parts("legacy"))
+    sockets = sockdiag.decode_all(parts("legacy"), port=RECORDED_PORT)
     # 200 clients on 127.0.0.1 to the dual-stack listener on 9200: the client sides have
     # the IPv4 peer 127.0.0.1:9200; the accepted sides each have their own client port.
     assert Counter(s.peer for s in sockets)[(bytes([127, 0, 0, 1]), 9200)] == 200
@@ -279,3 +280,92 @@ def test_requests_carry_the_states_asked() -> None:
     mask = sockdiag.STATE_MASK & ~(1 << 6)
     assert struct.unpack_from("=I", sockdiag.legacy_request(states=mask), 16 + 4 + 48)[0] == mask
     assert struct.unpack_from("=I", sockdiag.v2_request(2, states=mask, protocol=17), 20)[0] == mask
+
+
+# -- believing only the kernel --------------------------------------------------------------
+
+def addressed(data: bytes, seq: int, port: int) -> bytes:
+    """Every message of ``data`` re-addressed to (seq, port)."""
+    out, offset = bytearray(data), 0
+    while offset < len(out):
+        length = struct.unpack_from("=I", out, offset)[0]
+        struct.pack_into("=II", out, offset + 8, seq, port)
+        offset += (length + 3) & ~3
+    return bytes(out)
+
+
+def test_messages_of_another_request_or_socket_are_dropped_and_counted() -> None:
+    mine = addressed(message(1) + message(10, 0, 1, 5), 7, 300)
+    stale = addressed(message(8) * 3 + done(), 6, 300)  # an earlier request's, DONE included
+    other = addressed(message(8) * 2 + done(), 7, 301)  # another socket's
+    dump = sockdiag.Dump(7, 300)
+    sockets = list(dump.sockets([stale, mine, other, addressed(done(), 7, 300)]))
+    assert [s.state for s in sockets] == [1, 10]
+    assert dump.dropped == 4 + 3 and dump.records == 2
+
+
+def test_datagrams_not_from_the_kernel_are_dropped_whole() -> None:
+    forged = addressed(message(8) * 4 + done(), 7, 300)
+    garbage = struct.pack("=IHHII", 0xFFFFFFFF, 20, 2, 7, 300)  # never parsed
+    dump = sockdiag.Dump(7, 300)
+    real = addressed(message(1) + done(), 7, 300)
+    sockets = list(dump.received([(forged, 4242), (garbage, 4242), (real, sockdiag.KERNEL_PORT)]))
+    assert [s.state for s in sockets] == [1] and dump.dropped == 2
+
+
+@pytest.mark.parametrize("code", [-2**31, -4096, 2**31 - 1, 5, 0])
+def test_an_errno_out_of_range_is_a_parse_error_not_an_overflow(code: int) -> None:
+    with pytest.raises(ParseError, match="NLMSG_ERROR"):
+        sockdiag.decode_all([error(code)])
+    if code:
+        with pytest.raises(ParseError, match="NLMSG_DONE"):
+            sockdiag.decode_all([message(1) + done(code)])
+
+
+def test_the_largest_errno_is_still_a_refusal() -> None:
+    with pytest.raises(sockdiag.DumpRefused) as raised:
+        sockdiag.decode_all([error(-sockdiag.MAX_ERRNO)])
+    assert raised.value.code == sockdiag.MAX_ERRNO
+    assert "errno 2147483648" in str(sockdiag.DumpRefused("x", 2**31))  # no OverflowError
+
+
+def test_an_error_without_its_errno_and_control_messages_are_errors() -> None:
+    with pytest.raises(ParseError, match="without its errno"):
+        sockdiag.decode_all([struct.pack("=IHHII", 16, sockdiag.NLMSG_ERROR, 0, 1, 0)])
+    with pytest.raises(ParseError, match="control message of type 1"):
+        sockdiag.decode_all([struct.pack("=IHHII", 16, 1, 0, 1, 0) + done()])
+
+
+def test_a_dump_past_its_cap_is_an_error() -> None:
+    assert len(list(sockdiag.Dump(1, 0, cap=4).sockets([message(1) * 3 + done()]))) == 3
+    with pytest.raises(sockdiag.TooManyRecords):
+        list(sockdiag.Dump(1, 0, cap=4).sockets([message(1) * 4 + done()]))
+    # a flood of foreign datagrams counts too: the cap ends it without the kernel's DONE
+    flood = ((message(8), 4242) for _ in range(10**9))
+    dump = sockdiag.Dump(1, 0, cap=1000)
+    with pytest.raises(sockdiag.TooManyRecords):
+        list(dump.received(flood))
+    assert dump.dropped == 1000
+    assert sockdiag.MAX_RECORDS == 2_000_000
+
+
+# -- counting without keeping ---------------------------------------------------------------
+
+def test_the_tally_equals_the_summary_of_the_list() -> None:
+    sockets = sockdiag.decode_all(parts("legacy"), port=RECORDED_PORT)
+    tally = tcp_summary.Tally()
+    for s in sockdiag.decode(parts("legacy"), port=RECORDED_PORT):
+        tally.add(s)
+    assert tally.summary() == tcp_summary.summarize(sockets) and not tally.summary().peers_capped
+
+
+def test_remotes_past_the_cap_are_not_counted_and_the_summary_says_so() -> None:
+    a, b, c = (bytes([10, 0, 0, 1]), 443), (bytes([10, 0, 0, 2]), 443), (bytes([10, 0, 0, 3]), 443)
+    sockets = [sock(1, a), sock(1, b), sock(1, c), sock(1, c), sock(1, a), sock(1, a)]
+    capped = tcp_summary.summarize(sockets, peer_cap=2)
+    assert capped.peer_max == 3 and capped.peers_capped  # a: 3; c came after the cap
+    assert capped.states["established"] == 6  # states are all counted
+    whole = tcp_summary.summarize(sockets)
+    assert whole.peer_max == 3 and not whole.peers_capped
+    late = tcp_summary.summarize([sock(1, a), sock(1, b)] + [sock(1, c)] * 5, peer_cap=2)
+    assert late.peer_max == 1 and late.peers_capped  # a lower bound, and marked as one

@@ -14,6 +14,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections import Counter
 from typing import Any, Dict, List, Tuple
 
@@ -23,7 +24,7 @@ from conftest import in_netns, pid_of, unavailable
 from container_netstat import tcp_reader, sockdiag
 from container_netstat.namespaces import read_namespaces
 from container_netstat.records import Container
-from container_netstat.errors import ParseError, ProcessGone
+from container_netstat.errors import ProcessGone
 from container_netstat.metrics import GAUGE, NETNS_METRICS
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
@@ -230,18 +231,20 @@ def test_the_run_ends_in_the_namespace_it_started_in_even_when_a_dump_fails(
     assert os.readlink("/proc/thread-self/ns/net") == home
     assert [ns.readings.tcp.path for ns in snapshot.namespaces if ns.readings.tcp] == ["sock_diag"] * 2
 
-    def cut_short(sock: Any, source: str) -> Any:
-        yield b"\x48\x00\x00\x00"  # a header promising 72 bytes, and nothing after it
+    def cut_short(sock: Any, source: str, until: Any) -> Any:
+        yield b"\x48\x00\x00\x00", 0  # from the kernel: a header promising 72 bytes, and nothing after it
 
     monkeypatch.setattr(tcp_reader, "_replies", cut_short)
     reader = tcp_reader.TcpReader(proc)
     assert reader.probe() is None
-    with pytest.raises(ParseError, match="cut short"):
+    with pytest.raises(tcp_reader.DumpFailed, match="cut short"):
         reader.read(pid_of(victim))
     assert os.readlink("/proc/thread-self/ns/net") == home
-    # through collect: that namespace is a failed one, never a partial count
+    # through collect: that namespace keeps its other figures, its states are left out
     broken = read_namespaces([_container(victim)], resolver, proc, {"basic", "states"}, reader)
-    assert broken.namespaces == () and [name for name, _ in broken.failed] == [victim.name]
+    assert broken.failed == () and [ns.owner.name for ns in broken.namespaces] == [victim.name]
+    (ns,) = broken.namespaces
+    assert ns.readings.tcp is None and "cut short" in ns.readings.tcp_missing and ns.readings.sockstat
     assert os.readlink("/proc/thread-self/ns/net") == home
 
 
@@ -278,10 +281,10 @@ def test_a_pid_that_leaves_the_namespace_during_the_dump_is_not_reported(monkeyp
 
         def moving(*args: Any) -> Any:
             os.kill(child.pid, signal.SIGUSR1)
-            for _ in range(100):
+            for _ in range(500):  # the child moves when it gets the signal: within 5 s on a loaded host
                 if os.stat(f"/proc/{child.pid}/ns/net").st_ino != before:
                     break
-                os.sched_yield()
+                time.sleep(0.01)
             return dump(*args)
 
         monkeypatch.setattr(reader, "_dump", moving)
@@ -293,17 +296,22 @@ def test_a_pid_that_leaves_the_namespace_during_the_dump_is_not_reported(monkeyp
 
 
 def _refusing(times: int) -> Any:
-    """tcp_reader._replies that answers the first ``times`` requests with NLMSG_ERROR (EINVAL)."""
+    """tcp_reader._replies that answers the first ``times`` requests with NLMSG_ERROR (EINVAL),
+    addressed as the kernel addresses its own replies (the request's seq, our port id)."""
     real = tcp_reader._replies
     calls = {"n": 0}
 
-    def replies(sock: Any, source: str) -> Any:
+    def replies(sock: Any, source: str, until: Any) -> Any:
         calls["n"] += 1
         if calls["n"] <= times:
-            sockdiag.decode_all(real(sock, source), source)  # take the kernel's real answer first
-            yield struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -22) + bytes(16)
+            seq = port = None
+            for data, _sender in real(sock, source, until):  # take the kernel's real answer first
+                seq, port = seq or struct.unpack_from("=II", data, 8)[0], struct.unpack_from("=I", data, 12)[0]
+                if struct.unpack_from("=H", data, len(data) - 16)[0] == sockdiag.NLMSG_DONE:
+                    break
+            yield struct.pack("=IHHIIi", 36, 2, 0, seq, port, -22) + bytes(16), 0
             return
-        yield from real(sock, source)
+        yield from real(sock, source, until)
 
     return replies
 
