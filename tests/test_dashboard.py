@@ -166,3 +166,19 @@ def test_the_textfile_age_matches_node_exporters_full_path_label() -> None:
                  "/tmp/x/container-netstat.prom", "container_netstat.prom"):
         assert re.fullmatch(pattern, path), path  # Prometheus anchors regex matchers
     assert not re.fullmatch(pattern, "/var/lib/prometheus/node-exporter/other.prom")
+
+
+def test_the_falcon_screen_counters_in_the_docs_are_items_the_tool_emits() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "outputs.rst").read_text()
+    section = text[text.index("Open-falcon screens and Nightingale"):text.index("falcon-agent plugin\n")]
+    named = set(re.findall(r"``(container\.net\.[a-z0-9_.<>]+)``", section))
+    emitted = {metrics.PREFIX + m.name for m in metrics.NETNS_METRICS}
+    emitted |= {metrics.PREFIX + n for n, _ in metrics.COLLECTOR_METRICS}
+    states = {n for n in emitted if n.startswith(metrics.PREFIX + "tcp.state.")}
+    assert metrics.PREFIX + "tcp.state.<state>" in named and states
+    assert named - {metrics.PREFIX + "tcp.state.<state>"} <= emitted, named - emitted
+    # Every per-container series a Grafana panel reads has its counter on the screen.
+    read = {n for e in exprs(load()) for n in metric_names(e)} - {"__name__", *NODE_EXPORTER}
+    falcon = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type): metrics.PREFIX + m.name
+              for m in metrics.NETNS_METRICS}
+    assert {falcon[n] for n in read if n in falcon and not n.startswith("container_netstat_tcp_state_")} <= named
