@@ -117,9 +117,11 @@ class PushOutput:
 
 
 def with_health(chosen: List[Output], snapshot: "Snapshot", started: float) -> None:
-    """Give the Prometheus outputs the run's own health gauges (prometheus.RunHealth)."""
+    """Give the Prometheus outputs the run's own health gauges (prometheus.RunHealth), one
+    reading for all: ``started`` is the run's ``time.monotonic()`` at its start."""
     from container_netstat.prometheus import RunHealth
 
+    health = RunHealth.of(snapshot, started)
     for output in chosen:
         if isinstance(output, (PrometheusOutput, TextfileOutput)):
-            output.health = RunHealth.of(snapshot, started)
+            output.health = health

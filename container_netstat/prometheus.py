@@ -47,7 +47,7 @@ SKIPPED_METRIC = NAME_PREFIX + "collector_namespaces_skipped"
 # The gauges render() writes itself, not from the catalogue: name -> HELP.
 HEALTH_METRICS = (
     (TIMESTAMP_METRIC, "Unix time of the run that wrote these values"),
-    (DURATION_METRIC, "Seconds from the start of the run that wrote these values to their rendering"),
+    (DURATION_METRIC, "Seconds from the start of the run that wrote these values to the building of its output"),
     (READ_METRIC, "Container network namespaces the run read"),
     (SKIPPED_METRIC, "Containers whose namespace the run did not read: exited during the run, "
                      "unreadable, or not reached before its deadline"),
@@ -101,19 +101,22 @@ def _help_texts() -> Dict[str, str]:
 
 @dataclass(frozen=True)
 class RunHealth:
-    """The run's own figures for the health gauges; the duration is measured at render time."""
+    """The run's own figures for the health gauges, fixed once, so that every Prometheus output
+    of a run (``--format prometheus`` with ``--textfile``) writes the same bytes."""
 
-    started: float  # time.monotonic() at the start of the run
+    duration: float  # seconds from the start of the run to the building of its output
     namespaces_read: int
     namespaces_skipped: int
 
     @classmethod
-    def of(cls, snapshot: Snapshot, started: float) -> "RunHealth":
-        """Skipped: gone (exited during the run), failed (unreadable), and ``late`` (not read
-        before the deadline) where the snapshot has that field."""
+    def of(cls, snapshot: Snapshot, started: float, clock: Callable[[], float] = time.monotonic) -> "RunHealth":
+        """``started`` is the run's start on ``clock``. Skipped: gone (exited during the run),
+        failed (unreadable), and ``late`` (not read before the deadline) where the snapshot
+        has that field."""
         late = getattr(snapshot, "late", ())
         skipped = len(snapshot.gone) + len(snapshot.failed) + len(late)
-        return cls(started, len(snapshot.namespaces), skipped)
+        # A clock cannot go back, but a caller's ``started`` may be from another one: never negative.
+        return cls(round(max(0.0, clock() - started), 6), len(snapshot.namespaces), skipped)
 
 
 class _Families:
@@ -126,8 +129,8 @@ class _Families:
         return iter(self._families)
 
 
-def render(samples: Iterable[Sample], collected_at: Optional[float] = None, health: Optional[RunHealth] = None,
-           clock: Callable[[], float] = time.monotonic) -> bytes:
+def render(samples: Iterable[Sample], collected_at: Optional[float] = None,
+           health: Optional[RunHealth] = None) -> bytes:
     """The snapshot in the Prometheus text format (``# HELP``, ``# TYPE``, no timestamps).
 
     Series are grouped by metric; within a metric every series carries the union of the
@@ -135,8 +138,8 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None, heal
     Prometheus treats as absent). A second sample with the same name and labels is
     dropped with a warning: a duplicate series makes node_exporter fail the file.
     ``collected_at`` adds ``container_netstat_collector_timestamp_seconds``, the run's time
-    as a value, so a stale file can be alerted on; ``health`` adds the run's duration (from
-    ``health.started`` to now, on ``clock``) and its namespaces read and skipped.
+    as a value, so a stale file can be alerted on; ``health`` adds the run's duration and its
+    namespaces read and skipped.
     """
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import generate_latest
@@ -173,7 +176,7 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None, heal
     if collected_at is not None:
         own.append((TIMESTAMP_METRIC, collected_at))
     if health is not None:
-        own += [(DURATION_METRIC, round(max(0.0, clock() - health.started), 6)),
+        own += [(DURATION_METRIC, health.duration),
                 (READ_METRIC, health.namespaces_read), (SKIPPED_METRIC, health.namespaces_skipped)]
     families += [GaugeMetricFamily(name, helps_of_health[name], value=number) for name, number in own]
     return generate_latest(_Families(families))  # type: ignore[arg-type]

@@ -68,9 +68,9 @@ def _snapshot(namespaces: int, gone: int, failed: int) -> Snapshot:
 
 
 def test_the_health_gauges_are_the_duration_and_the_namespaces_read_and_skipped() -> None:
-    health = RunHealth.of(_snapshot(namespaces=3, gone=2, failed=1), started=100.0)
-    assert (health.namespaces_read, health.namespaces_skipped) == (3, 3)
-    families = parse(render([], collected_at=1700000000, health=health, clock=lambda: 102.25))
+    health = RunHealth.of(_snapshot(namespaces=3, gone=2, failed=1), started=100.0, clock=lambda: 102.25)
+    assert (health.duration, health.namespaces_read, health.namespaces_skipped) == (2.25, 3, 3)
+    families = parse(render([], collected_at=1700000000, health=health))
     got = {name: (kind, rows[0][2]) for name, (kind, _, rows) in families.items()}
     assert got == {
         prometheus.TIMESTAMP_METRIC: ("gauge", 1700000000.0),
@@ -100,9 +100,9 @@ def test_without_health_only_the_timestamp_is_written() -> None:
     assert set(families) == {prometheus.TIMESTAMP_METRIC}
 
 
-def test_a_clock_that_went_backwards_gives_no_negative_duration() -> None:
-    text = render([], health=RunHealth(10.0, 0, 0), clock=lambda: 9.0)
-    assert parse(text)[prometheus.DURATION_METRIC][2][0][2] == 0.0
+def test_a_start_after_the_clock_gives_no_negative_duration() -> None:
+    health = RunHealth.of(_snapshot(namespaces=0, gone=0, failed=0), started=10.0, clock=lambda: 9.0)
+    assert parse(render([], health=health))[prometheus.DURATION_METRIC][2][0][2] == 0.0
 
 
 def test_the_cli_writes_the_health_gauges_of_its_own_run(tmp_path: Path) -> None:
