@@ -7,7 +7,8 @@ rewrites every 2 seconds with ``collect --textfile`` over this module's containe
 trouble is real, in real containers, on loopback inside their own network namespaces:
 
 - a pod (dockershim labels: a sandbox and an app container joining its namespace) whose
-  server leaks CLOSE_WAIT sockets, one more every second;
+  server leaks CLOSE_WAIT sockets, one more every second; its tenant put template syntax in
+  its pod name, which the alert's annotations must show as text;
 - a listener with a full accept queue (backlog 2, never accepting, 5 clients);
 - a client holding 80 of the 100 ports of its local range
   (``net.ipv4.ip_local_port_range=40000 40099``) to one remote address and port;
@@ -239,7 +240,9 @@ def stack(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         return container
 
     try:
-        pod = {"io.kubernetes.pod.namespace": f"shop-{run_id}", "io.kubernetes.pod.name": f"leaky-{run_id}"}
+        # The pod's name is the tenant's: template syntax in it must come out as text, never run.
+        pod = {"io.kubernetes.pod.namespace": f"shop-{run_id}",
+               "io.kubernetes.pod.name": f"leaky-{run_id}-{{{{ $value }}}}{{{{ humanize 1e9 }}}}"}
         sandbox = run("k8s_POD_leaky", network_mode="none", labels={
             **pod, "io.kubernetes.docker.type": "podsandbox", "io.kubernetes.container.name": "POD"})
         run("k8s_app_leaky", network_mode=f"container:{sandbox.id}", labels={
@@ -342,7 +345,7 @@ def test_the_alerts_fire_for_exactly_the_containers_in_trouble(stack: Dict[str, 
         assert "error expanding template" not in shown and "<no value>" not in shown, alert
         place = who(alert["labels"])
         named = f"container {place[1]}" if place[0] == "container" else f"pod {place[1]}/{place[2]}"
-        assert named in alert["annotations"]["summary"], alert
+        assert named in alert["annotations"]["summary"], alert  # the pod's "{{ $value }}" shown, not run
         assert alert["labels"]["instance"] in alert["annotations"]["summary"]
         assert alert["labels"]["severity"] in ("warning", "critical")
     assert not stack["writer"].errors, stack["writer"].errors[:3]
