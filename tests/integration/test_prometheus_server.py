@@ -391,6 +391,19 @@ def test_every_dashboard_query_returns_data_from_the_real_server(stack: Dict[str
         assert {s[label] for s in found if s.get(label)}, (var["name"], selector)
 
 
+def test_the_runs_own_health_is_scraped(stack: Dict[str, Any]) -> None:
+    server: PrometheusServer = stack["server"]
+
+    def one(name: str) -> float:
+        [sample] = server.query(name)
+        return float(sample["value"][1])
+
+    # Four namespaces: the pod's (sandbox and app container share it), stuck, ports, healthy.
+    assert one("container_netstat_collector_namespaces_read") == 4
+    assert one("container_netstat_collector_namespaces_skipped") == 0
+    assert 0 < one("container_netstat_collector_duration_seconds") < 40  # the default --deadline
+
+
 # -- staleness ---------------------------------------------------------------------------------
 
 
