@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, List, Optional, Protocol
 
 from container_netstat import falcon
-from container_netstat.records import Sample
+from container_netstat.records import Sample, Snapshot
 from container_netstat.settings import Delivery
 
 if TYPE_CHECKING:  # pragma: no cover
+    from container_netstat.prometheus import RunHealth
     from container_netstat.push import Outcome
     from container_netstat.spool import Spool
 
@@ -47,6 +48,7 @@ class PrometheusOutput:
     """The Prometheus text exposition format on a binary stream, as --textfile writes it."""
 
     carries_items = False
+    health: "Optional[RunHealth]" = None  # the run's own gauges (with_health)
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
@@ -56,7 +58,7 @@ class PrometheusOutput:
 
         # Bytes, written as they are: a label value may hold an ANSI sequence, and the text
         # must be byte for byte what --textfile writes.
-        self.stream.write(prometheus.render(samples, collected_at))
+        self.stream.write(prometheus.render(samples, collected_at, self.health))
 
 
 class TableOutput:
@@ -77,6 +79,7 @@ class TextfileOutput:
     """node_exporter's textfile, replaced atomically; TextfileError if it cannot be written."""
 
     carries_items = False
+    health: "Optional[RunHealth]" = None  # the run's own gauges (with_health)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -86,7 +89,7 @@ class TextfileOutput:
 
         if not self.path.name.endswith(".prom"):
             log.warning("%s: node_exporter's textfile collector reads only *.prom files", self.path)
-        prometheus.write_textfile(self.path, prometheus.render(samples, collected_at))
+        prometheus.write_textfile(self.path, prometheus.render(samples, collected_at, self.health))
 
 
 class PushOutput:
@@ -111,3 +114,14 @@ class PushOutput:
                                         push.Deadline(self.finish_by), where=self.where)
         finally:
             sender.close()
+
+
+def with_health(chosen: List[Output], snapshot: "Snapshot", started: float) -> None:
+    """Give the Prometheus outputs the run's own health gauges (prometheus.RunHealth), one
+    reading for all: ``started`` is the run's ``time.monotonic()`` at its start."""
+    from container_netstat.prometheus import RunHealth
+
+    health = RunHealth.of(snapshot, started)
+    for output in chosen:
+        if isinstance(output, (PrometheusOutput, TextfileOutput)):
+            output.health = health

@@ -15,6 +15,10 @@ Rules from node_exporter's textfile collector and the Prometheus server (docs/fa
   exposition library escapes them. ``namespace``, ``pod`` and ``container`` are also target
   labels under Kubernetes service discovery: without ``honor_labels`` a server renames ours
   ``exported_*`` (see docs/outputs.rst).
+- The run's own health beside its timestamp (its duration, the namespaces it read and those it
+  skipped) is written only here, as gauges: the open-falcon items stay what they were, and a
+  dashboard reads them from the same scrape as the values they qualify (docs/metrics.rst,
+  "The run's own health").
 """
 
 from __future__ import annotations
@@ -24,18 +28,30 @@ import re
 import secrets
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from container_netstat import metrics
 from container_netstat.errors import ContainerNetstatError
-from container_netstat.records import Sample
+from container_netstat.records import Sample, Snapshot
 from container_netstat.safedir import SafeDir, SafeDirError
 
 log = logging.getLogger(__name__)
 
 NAME_PREFIX = "container_netstat_"
 TIMESTAMP_METRIC = NAME_PREFIX + "collector_timestamp_seconds"
+DURATION_METRIC = NAME_PREFIX + "collector_duration_seconds"
+READ_METRIC = NAME_PREFIX + "collector_namespaces_read"
+SKIPPED_METRIC = NAME_PREFIX + "collector_namespaces_skipped"
+# The gauges render() writes itself, not from the catalogue: name -> HELP.
+HEALTH_METRICS = (
+    (TIMESTAMP_METRIC, "Unix time of the run that wrote these values"),
+    (DURATION_METRIC, "Seconds from the start of the run that wrote these values to the building of its output"),
+    (READ_METRIC, "Container network namespaces the run read"),
+    (SKIPPED_METRIC, "Containers whose namespace the run did not read: exited during the run, "
+                     "unreadable, or not reached before its deadline"),
+)
 TEXTFILE_MODE = 0o644
 # A temporary file older than this was left by a run that was killed before its rename.
 STALE_TEMP_SECONDS = 600
@@ -83,6 +99,26 @@ def _help_texts() -> Dict[str, str]:
     return texts
 
 
+@dataclass(frozen=True)
+class RunHealth:
+    """The run's own figures for the health gauges, fixed once, so that every Prometheus output
+    of a run (``--format prometheus`` with ``--textfile``) writes the same bytes."""
+
+    duration: float  # seconds from the start of the run to the building of its output
+    namespaces_read: int
+    namespaces_skipped: int
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, started: float, clock: Callable[[], float] = time.monotonic) -> "RunHealth":
+        """``started`` is the run's start on ``clock``. Skipped: gone (exited during the run),
+        failed (unreadable), and ``late`` (not read before the deadline) where the snapshot
+        has that field."""
+        late = getattr(snapshot, "late", ())
+        skipped = len(snapshot.gone) + len(snapshot.failed) + len(late)
+        # A clock cannot go back, but a caller's ``started`` may be from another one: never negative.
+        return cls(round(max(0.0, clock() - started), 6), len(snapshot.namespaces), skipped)
+
+
 class _Families:
     """The object ``generate_latest`` reads: anything with ``collect()``."""
 
@@ -93,7 +129,8 @@ class _Families:
         return iter(self._families)
 
 
-def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> bytes:
+def render(samples: Iterable[Sample], collected_at: Optional[float] = None,
+           health: Optional[RunHealth] = None) -> bytes:
     """The snapshot in the Prometheus text format (``# HELP``, ``# TYPE``, no timestamps).
 
     Series are grouped by metric; within a metric every series carries the union of the
@@ -101,7 +138,8 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> b
     Prometheus treats as absent). A second sample with the same name and labels is
     dropped with a warning: a duplicate series makes node_exporter fail the file.
     ``collected_at`` adds ``container_netstat_collector_timestamp_seconds``, the run's time
-    as a value, so a stale file can be alerted on.
+    as a value, so a stale file can be alerted on; ``health`` adds the run's duration and its
+    namespaces read and skipped.
     """
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import generate_latest
@@ -133,9 +171,14 @@ def render(samples: Iterable[Sample], collected_at: Optional[float] = None) -> b
             present: Mapping[str, str] = dict(labels)
             family.add_metric([present.get(n, "") for n in names], number)
         families.append(family)
+    helps_of_health = dict(HEALTH_METRICS)
+    own: List[Tuple[str, float]] = []
     if collected_at is not None:
-        families.append(GaugeMetricFamily(
-            TIMESTAMP_METRIC, "Unix time of the run that wrote these values", value=collected_at))
+        own.append((TIMESTAMP_METRIC, collected_at))
+    if health is not None:
+        own += [(DURATION_METRIC, health.duration),
+                (READ_METRIC, health.namespaces_read), (SKIPPED_METRIC, health.namespaces_skipped)]
+    families += [GaugeMetricFamily(name, helps_of_health[name], value=number) for name, number in own]
     return generate_latest(_Families(families))  # type: ignore[arg-type]
 
 

@@ -32,7 +32,7 @@ def emitted_prometheus_names() -> Set[str]:
     names = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
              for m in metrics.NETNS_METRICS + metrics.HOST_METRICS}
     names |= {prometheus.exposed_name(metrics.PREFIX + n, metrics.GAUGE) for n, _ in metrics.COLLECTOR_METRICS}
-    return names | {prometheus.TIMESTAMP_METRIC}
+    return names | {name for name, _ in prometheus.HEALTH_METRICS}
 
 
 def rules() -> List[Dict[str, Any]]:

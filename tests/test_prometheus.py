@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from container_netstat import metrics, prometheus
 from container_netstat.metrics import COUNTER, GAUGE
-from container_netstat.records import Sample
-from container_netstat.prometheus import TextfileError, render, write_textfile
+from container_netstat.records import Container, HostStats, NetnsStats, Readings, Sample, Snapshot
+from container_netstat.prometheus import RunHealth, TextfileError, render, write_textfile
 
 from conftest import unavailable
 
@@ -51,6 +51,75 @@ def every_catalogue_sample(tags: Tuple[Tuple[str, str], ...] = WEB) -> List[Samp
     samples += [Sample(metrics.PREFIX + m.name, 3, m.counter_type) for m in metrics.HOST_METRICS]
     samples += [Sample(metrics.PREFIX + name, 1, GAUGE) for name, _ in metrics.COLLECTOR_METRICS]
     return samples
+
+
+# -- the run's own health ---------------------------------------------------------------------
+
+
+def _snapshot(namespaces: int, gone: int, failed: int) -> Snapshot:
+    owners = [Container(f"id{i}", f"c{i}", "bridge") for i in range(namespaces)]
+    return Snapshot(
+        host=HostStats("6.1", 1, {}),
+        namespaces=tuple(NetnsStats(c, (c.name,), 100 + i, 200 + i, (("container", c.name),), Readings())
+                         for i, c in enumerate(owners)),
+        containers=namespaces + gone + failed, gone=tuple(f"g{i}" for i in range(gone)),
+        failed=tuple((f"f{i}", "permission denied") for i in range(failed)), host_network=(),
+    )
+
+
+def test_the_health_gauges_are_the_duration_and_the_namespaces_read_and_skipped() -> None:
+    health = RunHealth.of(_snapshot(namespaces=3, gone=2, failed=1), started=100.0, clock=lambda: 102.25)
+    assert (health.duration, health.namespaces_read, health.namespaces_skipped) == (2.25, 3, 3)
+    families = parse(render([], collected_at=1700000000, health=health))
+    got = {name: (kind, rows[0][2]) for name, (kind, _, rows) in families.items()}
+    assert got == {
+        prometheus.TIMESTAMP_METRIC: ("gauge", 1700000000.0),
+        prometheus.DURATION_METRIC: ("gauge", 2.25),
+        prometheus.READ_METRIC: ("gauge", 3.0),
+        prometheus.SKIPPED_METRIC: ("gauge", 3.0),
+    }
+    assert all(not rows[0][1] for _, (_, _, rows) in families.items())  # no labels: once per run
+
+
+def test_namespaces_left_late_by_the_deadline_count_as_skipped_where_the_snapshot_has_them() -> None:
+    # A snapshot with a ``late`` field (namespaces not read before the run's deadline).
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class WithLate(Snapshot):
+        late: Tuple[str, ...] = ()
+
+    base = _snapshot(namespaces=1, gone=1, failed=0)
+    late = WithLate(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Snapshot)}, late=("l1", "l2"))
+    assert RunHealth.of(base, 0.0).namespaces_skipped == 1
+    assert RunHealth.of(late, 0.0).namespaces_skipped == 3
+
+
+def test_without_health_only_the_timestamp_is_written() -> None:
+    families = parse(render([], collected_at=5))
+    assert set(families) == {prometheus.TIMESTAMP_METRIC}
+
+
+def test_a_start_after_the_clock_gives_no_negative_duration() -> None:
+    health = RunHealth.of(_snapshot(namespaces=0, gone=0, failed=0), started=10.0, clock=lambda: 9.0)
+    assert parse(render([], health=health))[prometheus.DURATION_METRIC][2][0][2] == 0.0
+
+
+def test_the_cli_writes_the_health_gauges_of_its_own_run(tmp_path: Path) -> None:
+    # A real run with the proc backend on this host (no container needed): its own gauges.
+    before = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "container_netstat", "collect", "--runtime", "proc", "--format", "prometheus",
+         "--include", "no-such-container-anywhere-*"],
+        capture_output=True, timeout=120)
+    elapsed = time.time() - before
+    assert result.returncode == 0, result.stderr.decode()
+    families = parse(result.stdout)
+    duration = families[prometheus.DURATION_METRIC][2][0][2]
+    assert 0 < duration <= elapsed
+    assert families[prometheus.READ_METRIC][2][0][2] == 0
+    assert families[prometheus.SKIPPED_METRIC][2][0][2] == 0
+    assert before - 1 <= families[prometheus.TIMESTAMP_METRIC][2][0][2] <= time.time() + 1
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -306,7 +375,7 @@ def test_every_series_name_is_documented_with_its_closest_cadvisor_series() -> N
     names = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
              for m in metrics.NETNS_METRICS + metrics.HOST_METRICS if not m.name.startswith("tcp.state.")}
     names |= {prometheus.metric_name(metrics.PREFIX + n) for n, _ in metrics.COLLECTOR_METRICS}
-    names.add(prometheus.TIMESTAMP_METRIC)
+    names |= {name for name, _ in prometheus.HEALTH_METRICS}
     missing = sorted(n for n in names if f"``{n}``" not in text)
     assert not missing
     assert "``container_netstat_tcp_state_<state>``" in text
