@@ -241,11 +241,22 @@ class Node:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.view = HostView(str(root), str(root / "run"), str(root / "var"))
-        (root / "proc").mkdir(parents=True)
+        # pid 1's namespaces: files whose inodes stand for the host's (the real ones are nsfs inodes)
+        (root / "proc" / "1" / "ns").mkdir(parents=True)
+        for kind in ("mnt", "pid"):
+            (root / "proc" / "1" / "ns" / kind).write_text("")
 
-    def daemon(self, pid: int, *argv: str, uid: int = 0, cgroup: str = "0::/system.slice/x.service\n") -> int:
+    def daemon(self, pid: int, *argv: str, uid: int = 0, cgroup: str = "0::/system.slice/x.service\n",
+               ns: Tuple[str, ...] = ("mnt", "pid")) -> int:
+        """A process; in the host's namespaces of ``ns``, in namespaces of its own for the others."""
         d = self.root / "proc" / str(pid)
         d.mkdir()
+        (d / "ns").mkdir()
+        for kind in ("mnt", "pid"):
+            if kind in ns:
+                (d / "ns" / kind).symlink_to(self.root / "proc" / "1" / "ns" / kind)
+            else:
+                (d / "ns" / kind).write_text("")
         (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
         (d / "comm").write_text(os.path.basename(argv[0])[:15] + "\n")
         (d / "cgroup").write_text(cgroup)
