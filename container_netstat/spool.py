@@ -20,6 +20,10 @@ A batch stays until it is delivered (removed), refused as wrong by the receiver 
 it, and so does an answer that says the URL or its credentials are wrong (a redirect, 401, 403,
 404, 405: push.WrongAddress): the batch was never looked at, and goes once the URL is fixed.
 
+Only this user may have put anything in the directory: one owned by another uid, or that
+group or others may write (a shared ``/tmp``-like directory), is refused before anything in it
+is read, since every batch found there is pushed under this host's endpoint.
+
 This module is the policy; safedir.py does the file handling. The directory is opened without
 following a symbolic link and every file in it with ``O_NOFOLLOW``: a link planted in place of
 the directory, the lock or a batch is refused, never followed. Entries that are not regular
@@ -161,7 +165,9 @@ class Spool:
     # -- set-up -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the directory (0700) if needed, refuse a symbolic link, tighten a looser mode."""
+        """Create the directory (0700) if needed; refuse a symbolic link, a directory of another
+        user's or one that group or others may write (a batch planted there would be pushed
+        under this host's endpoint); tighten a mode that only lets others read."""
         try:
             self.directory.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -172,7 +178,14 @@ class Spool:
             raise SpoolError(f"cannot use spool directory {self.directory}: {err.strerror or err}") from err
         directory = self._dir()
         try:
+            owner, me = directory.owner(), os.geteuid()
+            if owner != me:
+                raise SpoolError(f"cannot use spool directory {self.directory}: owned by uid {owner}, not by "
+                                 f"this user (uid {me}), who alone may write batches there")
             mode = directory.mode()
+            if mode & 0o022:
+                raise SpoolError(f"cannot use spool directory {self.directory}: mode {mode:04o} lets group or "
+                                 f"others write batches there; make it 0700 or use another")
             if mode != 0o700:
                 directory.chmod(0o700)
                 if mode & 0o077:
