@@ -435,7 +435,8 @@ class _Reader:
         return keys
 
     def files_in(self, directory: str) -> List[str]:
-        """The host paths of the files in a directory, in name order."""
+        """The host paths of the entries in a directory but its subdirectories, in name order
+        (a fifo or a link there is then refused, and said, by the reader)."""
         clean = host_path(directory)
         if clean is None:
             return []
@@ -444,7 +445,7 @@ class _Reader:
             names = sorted(os.listdir(local))
         except OSError:
             return []
-        return [posixpath.join(clean, n) for n in names if os.path.isfile(os.path.join(local, n))]
+        return [posixpath.join(clean, n) for n in names if not os.path.isdir(os.path.join(local, n))]
 
     def dockerd(self, who: str, flags: Flags, running: bool) -> List[Found]:
         if flags.root:
