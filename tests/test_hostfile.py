@@ -11,17 +11,15 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import List
 
 import pytest
+from test_spool_faults import alarm  # noqa: F401 - fails a read that would block on a fifo
 
 from container_netstat.hostfile import CAP, HostFiles
 from container_netstat.safedir import SafeDir, SafeDirError
 
-from test_spool_faults import alarm  # noqa: F401 - fails a read that would block on a fifo
 
-
-def warnings(caplog: pytest.LogCaptureFixture) -> List[str]:
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -46,7 +44,8 @@ def test_a_missing_file_is_none_and_no_news(tmp_path: Path, files: HostFiles,
     assert caplog.records == []
 
 
-def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path, files: HostFiles, alarm: None,
+@pytest.mark.usefixtures("alarm")
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path, files: HostFiles,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     os.mkfifo(tmp_path / "state.json")
     with caplog.at_level(logging.WARNING, logger="container_netstat"):
@@ -55,7 +54,8 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path, files: H
     assert warnings(caplog) == [f"{tmp_path}/state.json: not a regular file; not read"]  # once per file
 
 
-def test_a_fifo_with_a_writer_feeding_it_is_refused_too(tmp_path: Path, files: HostFiles, alarm: None) -> None:
+@pytest.mark.usefixtures("alarm")
+def test_a_fifo_with_a_writer_feeding_it_is_refused_too(tmp_path: Path, files: HostFiles) -> None:
     os.mkfifo(tmp_path / "fifo")
     reader = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)  # lets the writer open
     writer = os.open(tmp_path / "fifo", os.O_WRONLY)
@@ -67,7 +67,8 @@ def test_a_fifo_with_a_writer_feeding_it_is_refused_too(tmp_path: Path, files: H
         os.close(reader)
 
 
-def test_a_link_to_dev_zero_is_refused_followed_or_not(tmp_path: Path, files: HostFiles, alarm: None,
+@pytest.mark.usefixtures("alarm")
+def test_a_link_to_dev_zero_is_refused_followed_or_not(tmp_path: Path, files: HostFiles,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "config.v2.json").symlink_to("/dev/zero")
     (tmp_path / "daemon.json").symlink_to("/dev/zero")
@@ -121,7 +122,8 @@ def test_proc_files_of_size_zero_are_read(files: HostFiles) -> None:
     assert files.read("/proc/self/cmdline")
 
 
-def test_a_directory_and_a_socket_are_refused(tmp_path: Path, files: HostFiles, alarm: None) -> None:
+@pytest.mark.usefixtures("alarm")
+def test_a_directory_and_a_socket_are_refused(tmp_path: Path, files: HostFiles) -> None:
     (tmp_path / "dir").mkdir()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

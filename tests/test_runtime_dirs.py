@@ -515,8 +515,9 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> List[str]:
 
 # --- hostile files where the configuration is read ---
 
+@pytest.mark.usefixtures("alarm")
 def test_fifos_devices_and_huge_files_in_place_of_the_configuration_are_refused_once(
-    node: Node, alarm: None, caplog: pytest.LogCaptureFixture
+    node: Node, caplog: pytest.LogCaptureFixture
 ) -> None:
     etc = node.root / "etc"
     for d in ("docker", "containerd", "crio/crio.conf.d", "containers"):
@@ -550,7 +551,8 @@ def test_an_administrators_link_to_a_configuration_file_is_followed(node: Node) 
     assert node.find({node.daemon(812, "dockerd"): "dockerd"}).docker == ("/srv/docker",)
 
 
-def test_planted_state_files_leave_the_container_unnamed(tmp_path: Path, alarm: None,
+@pytest.mark.usefixtures("alarm")
+def test_planted_state_files_leave_the_container_unnamed(tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """config.v2.json as a fifo, a link to /dev/zero or to another container's file, or huge."""
     root = tmp_path / "docker" / "containers"
