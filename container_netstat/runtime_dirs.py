@@ -46,7 +46,10 @@ line is read only when all of these hold, checked under the proc root:
   numbers of their /proc/[pid]/ns/xxx symbolic links are the same", namespaces(7)). Reading
   them needs ptrace read access to both processes (``proc_ns_get_link`` in the kernel's
   fs/proc/namespaces.c, ``PTRACE_MODE_READ_FSCREDS``): root with ``CAP_SYS_PTRACE``. Where
-  they cannot be read, the process is refused and that is said once;
+  pid 1's cannot be read (a supervisor holding capabilities this process lacks), this
+  process's own namespaces stand for the host's: they are, where it runs from cron or
+  systemd, and in a pod of its own they match no daemon, which is then refused. Where a
+  daemon's cannot be read, it is refused and that is said once;
 - no line of its ``/proc/<pid>/cgroup`` has a component that names a container (a 64-hex id)
   or ``conmon``: a host's daemon runs in a service's or a slice's cgroup.
 
@@ -514,7 +517,7 @@ class HostProcesses:
         self._host: Optional[Tuple[Tuple[int, int], ...]] = None
         self._said_unreadable = False
 
-    def _namespaces(self, pid: int) -> Tuple[Tuple[int, int], ...]:
+    def _namespaces(self, pid: object) -> Tuple[Tuple[int, int], ...]:
         """(device, inode) of each of the process's namespaces; OSError if one cannot be read."""
         out = []
         for kind in _NAMESPACES:
@@ -529,16 +532,31 @@ class HostProcesses:
                         "needed): its directories are not taken, the runtimes' files and defaults are",
                         who, self.proc_root, err.strerror or err)
 
+    def _reference(self) -> Optional[Tuple[Tuple[int, int], ...]]:
+        """The host's namespaces: pid 1's, else (a pid 1 with capabilities this process lacks
+        is out of its ptrace reach) this process's own, which are the host's when it runs there
+        (cron, systemd); None if neither can be read."""
+        try:
+            return self._namespaces(1)
+        except OSError as err:
+            first = err
+        try:
+            own = self._namespaces("self")  # this process, as the proc root's pid namespace sees it
+        except OSError:
+            self._unreadable("process 1", first)
+            return None
+        log.debug("process 1: cannot read its namespaces (%s): this process's are taken for the host's",
+                  first.strerror or first)
+        return own
+
     def refusal(self, pid: int, who: str) -> Optional[str]:
         """Why ``pid`` is not one of the host's processes, or None if it is."""
         try:
             if os.stat(os.path.join(self.proc_root, str(pid))).st_uid != 0:
                 return "not run by root"
             if self._host is None:
-                try:
-                    self._host = self._namespaces(1)
-                except OSError as err:
-                    self._unreadable("process 1", err)
+                self._host = self._reference()
+                if self._host is None:
                     return "the host's namespaces cannot be read"
             try:
                 mine = self._namespaces(pid)

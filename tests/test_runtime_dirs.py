@@ -509,6 +509,22 @@ def test_without_pid_1s_namespaces_no_daemon_is_believed(node: Node, caplog: pyt
     assert warning.startswith("process 1: cannot read its namespaces under ") and "CAP_SYS_PTRACE" in warning
 
 
+def test_without_pid_1s_namespaces_the_tools_own_stand_for_the_hosts(node: Node) -> None:
+    """A pid 1 out of ptrace reach: this process's namespaces (``<proc>/self``) are the reference."""
+    host = node.daemon(812, "dockerd", "--data-root", "/host/docker")
+    contained = node.daemon(813, "dockerd", "--data-root", "/contained/docker", ns=("pid",))
+    ns = node.root / "proc" / "1" / "ns"
+    (node.root / "proc" / "self").mkdir()
+    ns.rename(node.root / "proc" / "self" / "ns")
+    for kind in ("mnt", "pid"):
+        for pid in (host, contained):
+            link = node.root / "proc" / str(pid) / "ns" / kind
+            if link.is_symlink():
+                link.unlink()
+                link.symlink_to(node.root / "proc" / "self" / "ns" / kind)
+    assert node.find({host: "dockerd", contained: "dockerd"}).docker == ("/host/docker",)
+
+
 def warnings_of(caplog: pytest.LogCaptureFixture) -> List[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
