@@ -25,11 +25,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import pytest
+from conftest import pid_of
 
-from conftest import TEST_LABEL, pid_of
 from integration.test_containerd import Pods, pods  # noqa: F401 - the containerd pods fixture
 
 pytestmark = pytest.mark.docker
@@ -53,7 +53,7 @@ sleep 100000
 """
 
 
-def attack(victims: List[str], run_id: str) -> str:
+def attack(victims: list[str], run_id: str) -> str:
     """The attacker container's command: plant the files, start the fake dockerd."""
     forged = json.dumps({"Name": f"/forged-name-{run_id}", "Config": {"Labels": {
         "tier": f"forged-{run_id}", "io.kubernetes.pod.name": f"forged-pod-{run_id}",
@@ -73,16 +73,16 @@ def attack(victims: List[str], run_id: str) -> str:
     )
 
 
-def collect(*args: str, timeout: float = 120) -> Tuple[List[Dict[str, Any]], str, float]:
+def collect(*args: str, timeout: float = 120) -> tuple[list[dict[str, Any]], str, float]:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "container_netstat", "collect", "--dry-run", "--runtime", "proc",
-                             *args], capture_output=True, text=True, timeout=timeout)
+                             *args], capture_output=True, text=True, timeout=timeout, check=False)
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), result.stderr, took
 
 
-def tags(items: List[Dict[str, Any]]) -> List[str]:
+def tags(items: list[dict[str, Any]]) -> list[str]:
     return sorted({i["tags"] for i in items if i["tags"]})
 
 
@@ -115,7 +115,7 @@ def test_a_dockerd_in_a_container_names_nobody(run_container: Any, pods: Pods) -
         cap_add=["SYS_ADMIN"], security_opt=["seccomp=unconfined", "apparmor=unconfined"])
     upper = wait_ready(attacker)
     assert Path(upper, "x", "containers", victim.id, "config.v2.json").is_file()  # planted, seen from the host
-    fake = [int(p) for p in subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
+    fake = [int(p) for p in subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False).stdout.split()
             if Path(f"/proc/{p}/cmdline").read_bytes().find(upper.encode()) >= 0]
     assert len(fake) == 1, "the fake dockerd is not running"
     cgroup = Path(f"/proc/{fake[0]}/cgroup").read_text()
