@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from container_netstat import falcon, push
+from container_netstat.safedir import SafeDir
 from container_netstat.spool import (
     Bounds,
     CorruptBatch,
@@ -270,6 +271,42 @@ def test_a_spool_group_or_others_may_write_is_refused_not_tightened(tmp_path: Pa
     with pytest.raises(SpoolError, match=f"mode {mode:04o} lets group or others write"):
         opened(tmp_path / "spool")
     assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == mode and batch.exists()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770])
+def test_an_empty_shared_spool_is_made_0700_before_use(tmp_path: Path, mode: int,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A new emptyDir (0777) or tmpfs mount (1777): nothing in it, and nobody else can add to it once 0700."""
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "lost+found").mkdir()  # a file system's own, not a batch
+    os.chmod(tmp_path / "spool", mode)
+    with caplog.at_level("WARNING", logger="container_netstat"):
+        spool = opened(tmp_path / "spool")
+    assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == 0o700
+    assert [r.getMessage() for r in caplog.records] == [
+        f"spool {tmp_path / 'spool'} had mode {mode:03o} and was empty; set it to 0700"]
+    spool.write(items(NOW), NOW, 0)
+    assert len(spool.pending()) == 1
+
+
+def test_a_batch_planted_while_the_shared_spool_is_tightened_is_refused_then_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "spool").mkdir()
+    os.chmod(tmp_path / "spool", 0o777)
+    chmod = SafeDir.chmod
+
+    def planted_meanwhile(self: SafeDir, mode: int) -> None:
+        if mode == 0o700:
+            planted(tmp_path / "spool")  # by another user, just before the mode changes
+        chmod(self, mode)
+
+    monkeypatch.setattr(SafeDir, "chmod", planted_meanwhile)
+    with pytest.raises(SpoolError, match="mode 0777 lets group or others write batches there, and it is not empty"):
+        opened(tmp_path / "spool")
+    assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == 0o777  # as found: the next run refuses it too
+    with pytest.raises(SpoolError, match="not empty"):
+        opened(tmp_path / "spool")
 
 
 def test_a_spool_others_may_only_read_is_tightened(tmp_path: Path) -> None:
