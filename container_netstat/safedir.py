@@ -9,7 +9,8 @@ written, fsync, ``rename(2)`` over the name, fsync of the directory; on any fail
 it is left behind.
 
 This module knows nothing of what the files mean: the spool (spool.py) and the textfile
-(prometheus.py) decide that.
+(prometheus.py) decide that. Its careful read (``read_regular``) is also the one under
+hostfile.py, which reads the host's runtime files.
 """
 
 from __future__ import annotations
