@@ -5,6 +5,12 @@ them. Pure parsers take the text of one file; ``NodeFiles`` opens the files unde
 the host's /run and /var (injectable, like the proc root). A file that is missing or
 unreadable is not an error: the container is then named by its short id.
 
+Every file is read through hostfile.py: a regular file only, never through a symbolic link as
+its last component, at most 1 MiB (16 MiB for ``containers.json``). These directories hold
+what containers write (their root file systems, volumes, logs), so a link, fifo or huge file
+where a runtime keeps a small JSON file is refused, said once, and the container goes
+unnamed; nothing else of the run waits for it.
+
 Sources, tried in this order for each container id. The runtimes' directories are
 ``runtime_dirs.Dirs``: those of the running daemons, found by runtime_dirs.py, else the defaults
 shown here (``<var>/lib/docker``, ``<run>/containerd``, ``<var>/lib/containers/storage``,
@@ -46,6 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from container_netstat.cgroups import DOCKER, UNKNOWN
+from container_netstat.hostfile import HostFiles
 from container_netstat.kubernetes import POD_NAME, POD_NAMESPACE, POD_UID
 from container_netstat import kubernetes
 
@@ -54,6 +61,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _CONTAINERD_TASKS = "io.containerd.runtime.v2.task"
 _STORAGE_SUFFIX = "-containers"  # containers/storage's <driver>-containers directories
+# containers.json lists every container of the store, about 1 KiB each (containers/storage
+# containers.go, the Container struct): more than hostfile.CAP on a host of a thousand.
+_STORAGE_LIST_CAP = 16 << 20
 @dataclass(frozen=True)
 class Identity:
     """What the node's files say about one container."""
@@ -110,15 +120,6 @@ def parse_storage_names(text: str) -> Dict[str, str]:
     }
 
 
-def _read(path: str) -> Optional[str]:
-    """The whole file (a cut JSON document would not parse), or None if it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-
-
 def _listdir(path: str) -> Tuple[str, ...]:
     try:
         return tuple(os.listdir(path))
@@ -141,6 +142,7 @@ class NodeFiles:
         proc_root: str = "/proc",
         parent_of: Optional[Callable[[int], Optional[int]]] = None,
         dirs: Optional[Dirs] = None,
+        files: Optional[HostFiles] = None,
     ) -> None:
         self.run_root = run_root
         self.var_root = var_root
@@ -151,6 +153,7 @@ class NodeFiles:
 
             dirs = HostView(run_root=run_root, var_root=var_root).localize(DEFAULTS)
         self.dirs = dirs
+        self.files = files or HostFiles()
         self._listings: Dict[str, Tuple[str, ...]] = {}
         self._storage_names: Optional[Dict[str, str]] = None
         self._pods: Optional[Dict[str, Tuple[str, str]]] = None
@@ -168,9 +171,9 @@ class NodeFiles:
     def docker(self, container_id: str) -> Optional[Identity]:
         for root in self.dirs.docker:
             base = os.path.join(root, "containers", container_id)
-            config = _read(os.path.join(base, "config.v2.json"))
+            config = self.files.text(os.path.join(base, "config.v2.json"))
             if config is not None:
-                return parse_docker_config(config, _read(os.path.join(base, "hostconfig.json")) or "")
+                return parse_docker_config(config, self.files.text(os.path.join(base, "hostconfig.json")) or "")
         return None
 
     def _bundle_paths(self, container_id: str) -> List[Tuple[str, str]]:
@@ -190,10 +193,10 @@ class NodeFiles:
         paths = self._bundle_paths(container_id)
         shim = self.parent_of(pid) if pid and self.parent_of else None
         # Only a containerd shim runs in the bundle; conmon and others run anywhere.
-        if shim and (_read(os.path.join(self.proc_root, str(shim), "comm")) or "").startswith("containerd-shim"):
+        if shim and (self.files.text(os.path.join(self.proc_root, str(shim), "comm")) or "").startswith("containerd-shim"):
             paths.append((os.path.join(self.proc_root, str(shim), "cwd", "config.json"), "shim bundle"))
         for path, named_from in paths:
-            text = _read(path)
+            text = self.files.text(path)
             identity = parse_bundle_config(text, container_id, named_from) if text is not None else None
             if identity is not None:
                 return identity
@@ -204,7 +207,7 @@ class NodeFiles:
             self._storage_names = {}
             for root in (*self.dirs.graphroot, *self.dirs.runroot):
                 for directory in self._storage_dirs(root):
-                    text = _read(os.path.join(directory, "containers.json"))
+                    text = self.files.text(os.path.join(directory, "containers.json"), cap=_STORAGE_LIST_CAP)
                     if text:
                         self._storage_names.update(parse_storage_names(text))
         return self._storage_names.get(container_id)

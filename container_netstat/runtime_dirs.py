@@ -31,8 +31,33 @@ the built-in default.
   always taken as well: a ``podman run`` leaves no process with its flags.
 
 A runtime with no running daemon is read as if one ran without flags: its containers can
-outlive it (dockerd's live-restore, containerd's shims). Only processes of uid 0 outside
-any container's cgroup are believed, so no user can point the tool at files of their own.
+outlive it (dockerd's live-restore, containerd's shims).
+
+Which daemons are believed. A container can run a process called ``dockerd`` with any command
+line, as root in its own user namespace, and can give it a cgroup that names no container (a
+sub-cgroup called ``conmon`` in a cgroup it may write, or its own cgroup namespace on cgroup
+v2); believing it would let its files name other tenants' containers. So a daemon's command
+line is read only when all of these hold, checked under the proc root:
+
+- ``/proc/<pid>`` is owned by uid 0 of the host;
+- its mount and its pid namespace are the host's: ``stat`` of ``/proc/<pid>/ns/mnt`` and
+  ``/proc/<pid>/ns/pid`` gives the same device and inode as ``/proc/1/ns/mnt`` and
+  ``/proc/1/ns/pid`` ("two processes are in the same namespace if the device IDs and inode
+  numbers of their /proc/[pid]/ns/xxx symbolic links are the same", namespaces(7)). Reading
+  them needs ptrace read access to both processes (``proc_ns_get_link`` in the kernel's
+  fs/proc/namespaces.c, ``PTRACE_MODE_READ_FSCREDS``): root with ``CAP_SYS_PTRACE``. Where
+  pid 1's cannot be read (a supervisor holding capabilities this process lacks), this
+  process's own namespaces stand for the host's: they are, where it runs from cron or
+  systemd, and in a pod of its own they match no daemon, which is then refused. Where a
+  daemon's cannot be read, it is refused and that is said once;
+- no line of its ``/proc/<pid>/cgroup`` has a component that names a container (a 64-hex id)
+  or ``conmon``: a host's daemon runs in a service's or a slice's cgroup.
+
+The paths it gives are then read on the host, through the roots below; never through
+``/proc/<pid>/root``, which a container's process would make its own file system. Every file
+is read through hostfile.py (a regular file, at most 1 MiB, never blocking); the configuration
+files named here are the administrator's (``/etc``), so a symbolic link in their place is
+followed, still to a regular file only.
 
 Paths on the host are read under the roots the tool is given (``HostView``): a path under
 ``/run`` or ``/var/run`` under the run root, one under ``/var`` under the var root, any
@@ -49,6 +74,9 @@ import posixpath
 import re
 from dataclasses import dataclass, replace
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+from container_netstat import cgroups
+from container_netstat.hostfile import HostFiles
 
 log = logging.getLogger(__name__)
 
@@ -386,8 +414,9 @@ _Keys = Dict[Tuple[str, ...], Tuple[str, str]]  # TOML key -> (value, the file t
 class _Reader:
     """Reads the runtimes' configuration files, each once, at their host paths through ``view``."""
 
-    def __init__(self, view: HostView) -> None:
+    def __init__(self, view: HostView, files: HostFiles) -> None:
         self.view = view
+        self.files = files
         self._texts: Dict[str, Optional[str]] = {}
 
     def text(self, path: str) -> Optional[str]:
@@ -395,7 +424,8 @@ class _Reader:
         if clean is None:
             return None
         if clean not in self._texts:
-            self._texts[clean] = _read_text(self.view.local(clean))
+            # The administrator's files (/etc...): a link to a regular file is followed.
+            self._texts[clean] = self.files.text(self.view.local(clean), follow=True)
         return self._texts[clean]
 
     def toml(self, paths: Iterable[str]) -> _Keys:
@@ -408,7 +438,8 @@ class _Reader:
         return keys
 
     def files_in(self, directory: str) -> List[str]:
-        """The host paths of the files in a directory, in name order."""
+        """The host paths of the entries in a directory but its subdirectories, in name order
+        (a fifo or a link there is then refused, and said, by the reader)."""
         clean = host_path(directory)
         if clean is None:
             return []
@@ -417,7 +448,7 @@ class _Reader:
             names = sorted(os.listdir(local))
         except OSError:
             return []
-        return [posixpath.join(clean, n) for n in names if os.path.isfile(os.path.join(local, n))]
+        return [posixpath.join(clean, n) for n in names if not os.path.isdir(os.path.join(local, n))]
 
     def dockerd(self, who: str, flags: Flags, running: bool) -> List[Found]:
         if flags.root:
@@ -460,34 +491,116 @@ class _Reader:
         return out
 
 
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path, "rb") as f:
-            return f.read(1 << 20).decode("utf-8", errors="replace")
-    except OSError:
-        return None
+_NAMESPACES = ("mnt", "pid")
+_NAMES_A_CONTAINER = re.compile(r"[0-9a-f]{64}|conmon")
 
 
-def _argv(proc_root: str, pid: int) -> Optional[Tuple[str, ...]]:
-    """The command line of a daemon run by uid 0, or None (gone, or not root's)."""
-    try:
-        if os.stat(os.path.join(proc_root, str(pid))).st_uid != 0:
-            log.debug("process %d: not run by root, its directories are not taken", pid)
+def names_a_container(cgroup_text: str) -> bool:
+    """True if any line of a ``/proc/<pid>/cgroup`` text has a component naming a container
+    (cgroups.py), a 64-hex id anywhere in it, or a ``conmon`` monitor's cgroup."""
+    if cgroups.parse(cgroup_text) is not None:
+        return True
+    for line in cgroup_text.splitlines():
+        path = line.split(":", 2)[-1]
+        if any(_NAMES_A_CONTAINER.search(component) for component in path.split("/")):
+            return True
+    return False
+
+
+class HostProcesses:
+    """Which processes under the proc root are the host's own: uid 0, the mount and pid
+    namespaces of pid 1, a cgroup that names no container (the module docstring)."""
+
+    def __init__(self, proc_root: str, files: HostFiles) -> None:
+        self.proc_root = proc_root
+        self.files = files
+        self._host: Optional[Tuple[Tuple[int, int], ...]] = None
+        self._said_unreadable = False
+
+    def _namespaces(self, pid: object) -> Tuple[Tuple[int, int], ...]:
+        """(device, inode) of each of the process's namespaces; OSError if one cannot be read."""
+        out = []
+        for kind in _NAMESPACES:
+            info = os.stat(os.path.join(self.proc_root, str(pid), "ns", kind))
+            out.append((info.st_dev, info.st_ino))
+        return tuple(out)
+
+    def _unreadable(self, who: str, err: OSError) -> None:
+        if not self._said_unreadable:
+            self._said_unreadable = True
+            log.warning("%s: cannot read its namespaces under %s (%s; ptrace read access, CAP_SYS_PTRACE, is "
+                        "needed): its directories are not taken, the runtimes' files and defaults are",
+                        who, self.proc_root, err.strerror or err)
+
+    def _reference(self) -> Optional[Tuple[Tuple[int, int], ...]]:
+        """The host's namespaces: pid 1's, else (a pid 1 with capabilities this process lacks
+        is out of its ptrace reach) this process's own, which are the host's when it runs there
+        (cron, systemd); None if neither can be read."""
+        try:
+            return self._namespaces(1)
+        except OSError as err:
+            first = err
+        try:
+            own = self._namespaces("self")  # this process, as the proc root's pid namespace sees it
+        except OSError:
+            self._unreadable("process 1", first)
             return None
-        with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
-            return parse_cmdline(f.read())
-    except OSError:
+        log.debug("process 1: cannot read its namespaces (%s): this process's are taken for the host's",
+                  first.strerror or first)
+        return own
+
+    def refusal(self, pid: int, who: str) -> Optional[str]:
+        """Why ``pid`` is not one of the host's processes, or None if it is."""
+        try:
+            if os.stat(os.path.join(self.proc_root, str(pid))).st_uid != 0:
+                return "not run by root"
+            if self._host is None:
+                self._host = self._reference()
+                if self._host is None:
+                    return "the host's namespaces cannot be read"
+            try:
+                mine = self._namespaces(pid)
+            except FileNotFoundError:
+                return "gone"
+            except OSError as err:
+                self._unreadable(who, err)
+                return "its namespaces cannot be read"
+        except OSError:
+            return "gone"
+        if mine != self._host:
+            return "in a mount or pid namespace that is not the host's (a container's)"
+        cgroup = self.files.text(os.path.join(self.proc_root, str(pid), "cgroup"))
+        if cgroup is None:
+            return "gone"
+        if names_a_container(cgroup):
+            return "in a container's cgroup"
         return None
 
 
-def discover(proc_root: str, daemons: Mapping[int, str], view: HostView) -> List[Found]:
-    """Every directory of the running ``daemons`` (pid -> comm), and those of the runtimes
-    with none running, as their configuration files (else their defaults) give them."""
-    reader = _Reader(view)
+def _argv(hosts: HostProcesses, pid: int, comm: str) -> Optional[Tuple[str, ...]]:
+    """The command line of a daemon of the host's, or None (gone, or not the host's)."""
+    who = f"{comm} {pid}"
+    why = hosts.refusal(pid, who)
+    if why is not None:
+        (log.debug if why in ("gone", "not run by root") else log.info)(
+            "%s: %s, its directories are not taken", who, why)
+        return None
+    raw = hosts.files.read(os.path.join(hosts.proc_root, str(pid), "cmdline"))
+    return None if raw is None else parse_cmdline(raw)
+
+
+def discover(proc_root: str, daemons: Mapping[int, str], view: HostView,
+             files: Optional[HostFiles] = None) -> List[Found]:
+    """Every directory of the running ``daemons`` (pid -> comm) that are the host's, and those
+    of the runtimes with none running, as their configuration files (else their defaults)
+    give them."""
+    files = files or HostFiles()
+    reader = _Reader(view, files)
+    hosts = HostProcesses(proc_root, files)
     found: List[Found] = []
     running: Set[str] = set()
     for pid, comm in sorted(daemons.items()):
-        argv = _argv(proc_root, pid)
+        argv = _argv(hosts, pid, comm)
         if argv is None:
             continue
         running.add(comm)
@@ -507,7 +620,8 @@ def discover(proc_root: str, daemons: Mapping[int, str], view: HostView) -> List
     return found
 
 
-def find(proc_root: str, daemons: Mapping[int, str], view: HostView, given: Dirs = Dirs()) -> Dirs:
+def find(proc_root: str, daemons: Mapping[int, str], view: HostView, given: Dirs = Dirs(),
+         files: Optional[HostFiles] = None) -> Dirs:
     """The host paths of the runtimes' directories: ``given``'s for each kind it names, else
     the ones ``discover`` finds. Logs each at debug level, and warns when a running
     dockerd's data-root cannot be read here (its containers would be named by short id)."""
@@ -515,7 +629,7 @@ def find(proc_root: str, daemons: Mapping[int, str], view: HostView, given: Dirs
     checked = [Found(kind, path, "--runtime-dir", True) for kind in KINDS for path in given.of(kind)]
     wanted = [kind for kind in KINDS if not given.of(kind)]
     if wanted:
-        for item in discover(proc_root, daemons, view):
+        for item in discover(proc_root, daemons, view, files):
             clean = host_path(item.path)
             if item.kind not in wanted:
                 continue

@@ -9,7 +9,8 @@ written, fsync, ``rename(2)`` over the name, fsync of the directory; on any fail
 it is left behind.
 
 This module knows nothing of what the files mean: the spool (spool.py) and the textfile
-(prometheus.py) decide that.
+(prometheus.py) decide that. Its careful read (``read_regular``) is also the one under
+hostfile.py, which reads the host's runtime files.
 """
 
 from __future__ import annotations
@@ -113,6 +114,13 @@ class SafeDir:
         except OSError as err:
             raise _error(self.path, "stat", err) from err
 
+    def owner(self) -> int:
+        """The directory's owner (uid)."""
+        try:
+            return os.fstat(self._fd).st_uid
+        except OSError as err:
+            raise _error(self.path, "stat", err) from err
+
     def chmod(self, mode: int) -> None:
         try:
             os.fchmod(self._fd, mode)
@@ -144,27 +152,7 @@ class SafeDir:
     def read(self, name: str, limit: Optional[int] = None) -> bytes:
         """The bytes of the regular file ``name`` (at most ``limit``); a link, fifo, device or
         directory in its place is refused without being read."""
-        path = self.path / name
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self._fd)
-        except OSError as err:
-            raise _error(path, "open", err) from err
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SafeDirError(path, "open", "not a regular file")
-            chunks = []
-            left = limit
-            while left is None or left > 0:
-                chunk = os.read(fd, 1 << 20 if left is None else min(left, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                left = None if left is None else left - len(chunk)
-        except OSError as err:
-            raise _error(path, "read", err) from err
-        finally:
-            os.close(fd)
-        return b"".join(chunks)
+        return read_regular(self.path / name, limit, dir_fd=self._fd, name=name)
 
     def write(self, name: str, data: bytes, mode: int, temp: str, durable: bool = True) -> None:
         """Replace ``name`` with ``data`` atomically, mode ``mode`` whatever the umask, through
@@ -242,6 +230,38 @@ class SafeDir:
             os.unlink(name, dir_fd=self._fd)
         except OSError:
             pass
+
+
+def read_regular(path: Path, limit: Optional[int] = None, *, dir_fd: Optional[int] = None,
+                 name: Optional[str] = None, follow: bool = False) -> bytes:
+    """The bytes of the regular file at ``path`` (``name`` in ``dir_fd`` if given), at most
+    ``limit``. Opened with ``O_NONBLOCK``, so a fifo in its place is opened without waiting
+    for a writer (open(2), fifo(7)), and, unless ``follow``, with ``O_NOFOLLOW`` (a link as the
+    last component fails with ``ELOOP``); then ``fstat`` of the descriptor must say a regular
+    file, so a fifo, a device (``/dev/zero`` behind a followed link) or a directory is refused
+    before a byte is read. The one careful read of the package: safedir's own and
+    hostfile.py's."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(name if name is not None else path, flags, dir_fd=dir_fd)
+    except OSError as err:
+        raise _error(path, "open", err) from err
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SafeDirError(path, "open", "not a regular file")
+        chunks = []
+        left = limit
+        while left is None or left > 0:
+            chunk = os.read(fd, 1 << 20 if left is None else min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left = None if left is None else left - len(chunk)
+    except OSError as err:
+        raise _error(path, "read", err) from err
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _error(path: Path, op: str, err: OSError) -> SafeDirError:

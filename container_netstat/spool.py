@@ -20,6 +20,12 @@ A batch stays until it is delivered (removed), refused as wrong by the receiver 
 it, and so does an answer that says the URL or its credentials are wrong (a redirect, 401, 403,
 404, 405: push.WrongAddress): the batch was never looked at, and goes once the URL is fixed.
 
+Only this user may have put anything in the directory: one owned by another uid is refused
+before anything in it is read, since every batch found there is pushed under this host's
+endpoint, and so is one that group or others may write (a shared ``/tmp``-like directory) unless
+it is empty: then it is made 0700 first, as a Kubernetes emptyDir (created 0777 by the kubelet,
+``pkg/volume/emptydir/empty_dir.go``) or a ``docker run --tmpfs`` mount (1777) must be.
+
 This module is the policy; safedir.py does the file handling. The directory is opened without
 following a symbolic link and every file in it with ``O_NOFOLLOW``: a link planted in place of
 the directory, the lock or a batch is refused, never followed. Entries that are not regular
@@ -161,7 +167,9 @@ class Spool:
     # -- set-up -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the directory (0700) if needed, refuse a symbolic link, tighten a looser mode."""
+        """Create the directory (0700) if needed; refuse a symbolic link, a directory of another
+        user's or one that group or others may write and that is not empty (a batch planted
+        there would be pushed under this host's endpoint); tighten any other mode to 0700."""
         try:
             self.directory.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -172,13 +180,33 @@ class Spool:
             raise SpoolError(f"cannot use spool directory {self.directory}: {err.strerror or err}") from err
         directory = self._dir()
         try:
+            owner, me = directory.owner(), os.geteuid()
+            if owner != me:
+                raise SpoolError(f"cannot use spool directory {self.directory}: owned by uid {owner}, not by "
+                                 f"this user (uid {me}), who alone may write batches there")
             mode = directory.mode()
-            if mode != 0o700:
+            if mode & 0o022:
+                self._take_shared(directory, mode)
+            elif mode != 0o700:
                 directory.chmod(0o700)
                 if mode & 0o077:
                     log.warning("spool %s had mode %03o; set it to 0700", self.directory, mode)
         except SafeDirError as err:
             raise SpoolError(f"cannot use spool directory {self.directory}: {err.reason}") from err
+
+    def _take_shared(self, directory: SafeDir, mode: int) -> None:
+        """A directory group or others may write: refused if anything is in it (anyone may have
+        put it there); an empty one (a new emptyDir is 0777, a ``docker run --tmpfs`` 1777) is
+        made 0700, after which nobody else can add to it, and must still be empty then."""
+        refused = SpoolError(f"cannot use spool directory {self.directory}: mode {mode:04o} lets group or others "
+                             f"write batches there, and it is not empty; make it 0700 or use another")
+        if _foreign_entries(directory):
+            raise refused
+        directory.chmod(0o700)
+        if _foreign_entries(directory):  # put there before the chmod: the next run must refuse it too
+            directory.chmod(mode)
+            raise refused
+        log.warning("spool %s had mode %03o and was empty; set it to 0700", self.directory, mode)
 
     def lock(self) -> None:
         """Take the spool's lock for the life of this process; SpoolBusy if another run holds it."""
@@ -395,6 +423,11 @@ class Spool:
             directory.unlink(name)
         except SafeDirError as err:
             raise SpoolError(f"cannot remove {self.directory / name}: {err.reason}") from err
+
+
+def _foreign_entries(directory: SafeDir) -> bool:
+    """True if the directory holds anything but the lost+found of a file system's root."""
+    return any(not (e.name == "lost+found" and stat.S_ISDIR(e.mode)) for e in directory.list())
 
 
 def _oldest_first(entries: Iterable[Entry]) -> List[Entry]:

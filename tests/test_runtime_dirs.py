@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +19,8 @@ from container_netstat import cli, runtime_dirs, discovery
 from container_netstat.runtime_dirs import Dirs, Flags, HostView
 from container_netstat.node_files import NodeFiles
 from container_netstat.procfs import ProcFS
+
+from test_spool_faults import alarm  # noqa: F401 - fails a read that would block on a fifo
 
 DOCKER_ID = "a" * 64
 CRIO_ID = "d" * 64
@@ -241,11 +243,22 @@ class Node:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.view = HostView(str(root), str(root / "run"), str(root / "var"))
-        (root / "proc").mkdir(parents=True)
+        # pid 1's namespaces: files whose inodes stand for the host's (the real ones are nsfs inodes)
+        (root / "proc" / "1" / "ns").mkdir(parents=True)
+        for kind in ("mnt", "pid"):
+            (root / "proc" / "1" / "ns" / kind).write_text("")
 
-    def daemon(self, pid: int, *argv: str, uid: int = 0, cgroup: str = "0::/system.slice/x.service\n") -> int:
+    def daemon(self, pid: int, *argv: str, uid: int = 0, cgroup: str = "0::/system.slice/x.service\n",
+               ns: Tuple[str, ...] = ("mnt", "pid")) -> int:
+        """A process; in the host's namespaces of ``ns``, in namespaces of its own for the others."""
         d = self.root / "proc" / str(pid)
         d.mkdir()
+        (d / "ns").mkdir()
+        for kind in ("mnt", "pid"):
+            if kind in ns:
+                (d / "ns" / kind).symlink_to(self.root / "proc" / "1" / "ns" / kind)
+            else:
+                (d / "ns" / kind).write_text("")
         (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in argv))
         (d / "comm").write_text(os.path.basename(argv[0])[:15] + "\n")
         (d / "cgroup").write_text(cgroup)
@@ -430,3 +443,154 @@ def test_proc_backend_names_containers_of_a_docker_with_another_data_root(node: 
                            Dirs(docker=("/var/lib/docker",)))
     (unnamed,) = discovery.ProcBackend(given).containers()
     assert unnamed.name == DOCKER_ID[:12]
+
+
+# --- which daemons are the host's ---
+
+@pytest.mark.parametrize("ns", [("pid",), ("mnt",), ()])
+def test_a_daemon_in_a_namespace_of_its_own_is_not_believed(node: Node, ns: Tuple[str, ...],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A container's "dockerd": root, a cgroup naming no container, but its own mount or pid namespace."""
+    pid = node.daemon(4242, "dockerd", "--data-root", "/var/lib/docker/overlay2/x/merged/fake", ns=ns)
+    with caplog.at_level(logging.INFO, logger="container_netstat"):
+        assert node.find({pid: "dockerd"}).docker == ("/var/lib/docker",)
+    assert any("dockerd 4242: in a mount or pid namespace that is not the host's" in r.getMessage()
+               for r in caplog.records)
+    assert all(r.levelno < logging.WARNING for r in caplog.records)
+
+
+@pytest.mark.parametrize("cgroup", [
+    f"0::/docker/{DOCKER_ID}/conmon\n",  # a sub-cgroup its container made: reads as no container
+    "0::/system.slice/docker.service/conmon\n",
+    f"12:pids:/\n0::/system.slice/foo-{DOCKER_ID}x.scope\n",  # an id anywhere in a component
+    f"5:memory:/docker/{DOCKER_ID}\n0::/\n",  # any line
+])
+def test_a_daemon_whose_cgroup_names_a_container_is_not_believed(node: Node, cgroup: str) -> None:
+    pid = node.daemon(4242, "dockerd", "--data-root", "/fake", cgroup=cgroup)
+    assert node.find({pid: "dockerd"}).docker == ("/var/lib/docker",)
+
+
+@pytest.mark.parametrize("text, names", [
+    ("0::/system.slice/docker.service\n", False),
+    ("12:pids:/system.slice/containerd.service\n0::/system.slice/containerd.service\n", False),
+    ("0::/\n", False),
+    ("0::/process_api/e7631a387be700218f123a105991f298\n", False),  # 32 hex: not a container id
+    (f"0::/kubepods.slice/cri-containerd-{DOCKER_ID}.scope\n", True),
+    (f"0::/machine.slice/libpod-conmon-{DOCKER_ID}.scope\n", True),
+    ("0::/libpod_parent/conmon\n", True),
+    (f"0::/docker/{DOCKER_ID}/conmon\n", True),
+])
+def test_names_a_container(text: str, names: bool) -> None:
+    assert runtime_dirs.names_a_container(text) is names
+
+
+def test_unreadable_namespaces_refuse_the_daemon_and_are_said_once(node: Node,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    a = node.daemon(812, "dockerd", "--data-root", "/a")
+    b = node.daemon(813, "containerd", "--state", "/b")
+    for pid in (a, b):
+        link = node.root / "proc" / str(pid) / "ns" / "mnt"
+        link.unlink()
+        link.symlink_to("mnt")  # stat fails (ELOOP), as it does with EACCES without ptrace rights
+    with caplog.at_level(logging.WARNING, logger="container_netstat"):
+        got = node.find({a: "dockerd", b: "containerd"})
+    assert got.docker == ("/var/lib/docker",) and got.containerd == ("/run/containerd",)
+    (warning,) = warnings_of(caplog)
+    assert "dockerd 812: cannot read its namespaces" in warning and "CAP_SYS_PTRACE" in warning
+
+
+def test_without_pid_1s_namespaces_no_daemon_is_believed(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    pid = node.daemon(812, "dockerd", "--data-root", "/a")
+    other = node.daemon(813, "dockerd", "--data-root", "/b")
+    (node.root / "proc" / "1" / "ns" / "mnt").unlink()
+    with caplog.at_level(logging.WARNING, logger="container_netstat"):
+        assert node.find({pid: "dockerd", other: "dockerd"}).docker == ("/var/lib/docker",)
+    (warning,) = warnings_of(caplog)
+    assert warning.startswith("process 1: cannot read its namespaces under ") and "CAP_SYS_PTRACE" in warning
+
+
+def test_without_pid_1s_namespaces_the_tools_own_stand_for_the_hosts(node: Node) -> None:
+    """A pid 1 out of ptrace reach: this process's namespaces (``<proc>/self``) are the reference."""
+    host = node.daemon(812, "dockerd", "--data-root", "/host/docker")
+    contained = node.daemon(813, "dockerd", "--data-root", "/contained/docker", ns=("pid",))
+    ns = node.root / "proc" / "1" / "ns"
+    (node.root / "proc" / "self").mkdir()
+    ns.rename(node.root / "proc" / "self" / "ns")
+    for kind in ("mnt", "pid"):
+        for pid in (host, contained):
+            link = node.root / "proc" / str(pid) / "ns" / kind
+            if link.is_symlink():
+                link.unlink()
+                link.symlink_to(node.root / "proc" / "self" / "ns" / kind)
+    assert node.find({host: "dockerd", contained: "dockerd"}).docker == ("/host/docker",)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- hostile files where the configuration is read ---
+
+@pytest.mark.usefixtures("alarm")
+def test_fifos_devices_and_huge_files_in_place_of_the_configuration_are_refused_once(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    etc = node.root / "etc"
+    for d in ("docker", "containerd", "crio/crio.conf.d", "containers"):
+        (etc / d).mkdir(parents=True)
+    os.mkfifo(etc / "docker" / "daemon.json")
+    (etc / "containerd" / "config.toml").symlink_to("/dev/zero")
+    with open(etc / "containers" / "storage.conf", "wb") as f:
+        f.truncate(2 << 20)
+    os.mkfifo(etc / "crio" / "crio.conf.d" / "10-fifo.conf")
+    node.file("/etc/crio/crio.conf.d/20-ok.conf", '[crio]\nroot = "/ok/graph"\n')
+    (etc / "crio" / "crio.conf.d" / "30-dir.conf").mkdir()  # not a file: skipped, nothing to say
+    (node.root / "var/lib/docker/containers").mkdir(parents=True)
+    daemons = {node.daemon(812, "dockerd"): "dockerd", node.daemon(700, "containerd"): "containerd",
+               node.daemon(600, "crio"): "crio"}
+    with caplog.at_level(logging.WARNING, logger="container_netstat"):
+        got = node.find(daemons)
+    assert got.docker == ("/var/lib/docker",) and got.containerd == ("/run/containerd",)
+    assert got.graphroot == ("/ok/graph", "/var/lib/containers/storage")
+    assert sorted(warnings_of(caplog)) == sorted([
+        f"{etc}/docker/daemon.json: not a regular file; not read",
+        f"{etc}/containerd/config.toml: not a regular file; not read",
+        f"{etc}/containers/storage.conf: larger than {1 << 20} bytes; not read",
+        f"{etc}/crio/crio.conf.d/10-fifo.conf: not a regular file; not read",
+    ])
+
+
+def test_an_administrators_link_to_a_configuration_file_is_followed(node: Node) -> None:
+    node.file("/opt/managed/daemon.json", '{"data-root": "/srv/docker"}')
+    (node.root / "etc" / "docker").mkdir(parents=True)
+    (node.root / "etc" / "docker" / "daemon.json").symlink_to(node.root / "opt" / "managed" / "daemon.json")
+    assert node.find({node.daemon(812, "dockerd"): "dockerd"}).docker == ("/srv/docker",)
+
+
+@pytest.mark.usefixtures("alarm")
+def test_planted_state_files_leave_the_container_unnamed(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """config.v2.json as a fifo, a link to /dev/zero or to another container's file, or huge."""
+    root = tmp_path / "docker" / "containers"
+    victim = "b" * 64
+    (root / victim).mkdir(parents=True)
+    (root / victim / "config.v2.json").write_text(json.dumps({"Name": "/victim", "Config": {"Labels": {"t": "v"}}}))
+    ids = {"fifo": "1" * 64, "zero": "2" * 64, "link": "3" * 64, "huge": "4" * 64}
+    for how, cid in ids.items():
+        (root / cid).mkdir()
+    os.mkfifo(root / ids["fifo"] / "config.v2.json")
+    (root / ids["zero"] / "config.v2.json").symlink_to("/dev/zero")
+    (root / ids["link"] / "config.v2.json").symlink_to(root / victim / "config.v2.json")
+    with open(root / ids["huge"] / "config.v2.json", "wb") as f:
+        f.write(b'{"Name": "/huge", "x": "')
+        f.truncate(64 << 20)
+    os.mkfifo(root / victim / "hostconfig.json")  # its network mode is lost, not its name
+    files = NodeFiles(str(tmp_path / "run"), str(tmp_path / "var"), str(tmp_path / "proc"),
+                      dirs=Dirs(docker=(str(tmp_path / "docker"),)))
+    with caplog.at_level(logging.WARNING, logger="container_netstat"):
+        for how, cid in ids.items():
+            got = files.identify(cid, "docker")
+            assert (got.name, dict(got.labels)) == (cid[:12], {}), how
+        named = files.identify(victim, "docker")
+    assert (named.name, dict(named.labels), named.network_mode) == ("victim", {"t": "v"}, "default")
+    assert len(warnings_of(caplog)) == 5

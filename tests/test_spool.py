@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from container_netstat import falcon, push
+from container_netstat.safedir import SafeDir
 from container_netstat.spool import (
     Bounds,
     CorruptBatch,
@@ -240,3 +241,100 @@ def test_one_delivery_lists_the_spool_directory_once(tmp_path: Path, monkeypatch
 def test_a_batch_is_stored_as_the_json_text_a_push_sends() -> None:
     batch = items(NOW)
     assert gzip.decompress(encode(batch)) == falcon.dumps(batch).encode("utf-8")
+
+
+# -- a spool nobody else can fill ------------------------------------------------------------
+
+def planted(directory: Path) -> Path:
+    """A batch someone else put in the spool, as a run would have written it."""
+    directory.mkdir(exist_ok=True)
+    batch = directory / f"{NOW}-0-abc.json.gz"
+    batch.write_bytes(encode([{**items(NOW, 1)[0], "metric": "planted.metric"}]))
+    return batch
+
+
+def test_a_spool_owned_by_another_user_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    batch = planted(tmp_path / "spool")
+    os.chmod(tmp_path / "spool", 0o700)
+    os.chown(tmp_path / "spool", 65534, 65534)
+    with pytest.raises(SpoolError, match=r"owned by uid 65534, not by this user \(uid 0\)"):
+        opened(tmp_path / "spool")
+    assert batch.exists() and stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == 0o700
+    os.chown(tmp_path / "spool", 0, 0)  # given back: the same directory is taken
+    assert [e.path for e in opened(tmp_path / "spool").pending()] == [batch]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777, 0o730, 0o702])
+def test_a_spool_group_or_others_may_write_is_refused_not_tightened(tmp_path: Path, mode: int) -> None:
+    batch = planted(tmp_path / "spool")
+    os.chmod(tmp_path / "spool", mode)
+    with pytest.raises(SpoolError, match=f"mode {mode:04o} lets group or others write"):
+        opened(tmp_path / "spool")
+    assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == mode and batch.exists()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770])
+def test_an_empty_shared_spool_is_made_0700_before_use(tmp_path: Path, mode: int,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A new emptyDir (0777) or tmpfs mount (1777): nothing in it, and nobody else can add to it once 0700."""
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "lost+found").mkdir()  # a file system's own, not a batch
+    os.chmod(tmp_path / "spool", mode)
+    with caplog.at_level("WARNING", logger="container_netstat"):
+        spool = opened(tmp_path / "spool")
+    assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == 0o700
+    assert [r.getMessage() for r in caplog.records] == [
+        f"spool {tmp_path / 'spool'} had mode {mode:03o} and was empty; set it to 0700"]
+    spool.write(items(NOW), NOW, 0)
+    assert len(spool.pending()) == 1
+
+
+def test_a_batch_planted_while_the_shared_spool_is_tightened_is_refused_then_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "spool").mkdir()
+    os.chmod(tmp_path / "spool", 0o777)
+    chmod = SafeDir.chmod
+
+    def planted_meanwhile(self: SafeDir, mode: int) -> None:
+        if mode == 0o700:
+            planted(tmp_path / "spool")  # by another user, just before the mode changes
+        chmod(self, mode)
+
+    monkeypatch.setattr(SafeDir, "chmod", planted_meanwhile)
+    with pytest.raises(SpoolError, match="mode 0777 lets group or others write batches there, and it is not empty"):
+        opened(tmp_path / "spool")
+    assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == 0o777  # as found: the next run refuses it too
+    with pytest.raises(SpoolError, match="not empty"):
+        opened(tmp_path / "spool")
+
+
+def test_a_spool_others_may_only_read_is_tightened(tmp_path: Path) -> None:
+    planted(tmp_path / "spool")
+    os.chmod(tmp_path / "spool", 0o755)
+    assert len(opened(tmp_path / "spool").pending()) == 1
+    assert stat.S_IMODE(os.stat(tmp_path / "spool").st_mode) == 0o700
+
+
+@pytest.mark.parametrize("owner, mode, why", [
+    (65534, 0o700, "owned by uid 65534"),
+    (0, 0o777, "mode 0777 lets group or others write"),
+    (0, 0o770, "mode 0770 lets group or others write"),
+])
+def test_the_cli_refuses_such_a_spool_with_exit_2_and_pushes_nothing(tmp_path: Path, owner: int, mode: int,
+                                                                     why: str) -> None:
+    from receiver import Receiver
+
+    spool_dir = tmp_path / "spool"
+    planted(spool_dir)
+    os.chmod(spool_dir, mode)
+    os.chown(spool_dir, owner, owner)
+    with Receiver() as server:
+        result = subprocess.run([sys.executable, "-m", "container_netstat", "collect", "--falcon-url", server.url(),
+                                 "--spool-dir", str(spool_dir), "--runtime", "proc"],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert server.pushes == []
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert f"cannot use spool directory {spool_dir}: {why}" in line and line.endswith("(see --spool-dir)"), line
