@@ -111,10 +111,8 @@ class RunHealth:
     @classmethod
     def of(cls, snapshot: Snapshot, started: float, clock: Callable[[], float] = time.monotonic) -> "RunHealth":
         """``started`` is the run's start on ``clock``. Skipped: gone (exited during the run),
-        failed (unreadable), and ``late`` (not read before the deadline) where the snapshot
-        has that field."""
-        late = getattr(snapshot, "late", ())
-        skipped = len(snapshot.gone) + len(snapshot.failed) + len(late)
+        failed (unreadable), and ``late`` (not read before the run's deadline)."""
+        skipped = len(snapshot.gone) + len(snapshot.failed) + len(snapshot.late)
         # A clock cannot go back, but a caller's ``started`` may be from another one: never negative.
         return cls(round(max(0.0, clock() - started), 6), len(snapshot.namespaces), skipped)
 
