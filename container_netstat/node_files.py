@@ -47,6 +47,7 @@ and the pod tags work the same on every runtime.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -57,7 +58,9 @@ from container_netstat.kubernetes import POD_NAME, POD_NAMESPACE, POD_UID
 from container_netstat import kubernetes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from container_netstat.runtime_dirs import Dirs
+    from container_netstat.runtime_dirs import Dirs, HostProcesses
+
+log = logging.getLogger(__name__)
 
 _CONTAINERD_TASKS = "io.containerd.runtime.v2.task"
 _STORAGE_SUFFIX = "-containers"  # containers/storage's <driver>-containers directories
@@ -156,6 +159,7 @@ class NodeFiles:
         self.files = files or HostFiles()
         self._listings: Dict[str, Tuple[str, ...]] = {}
         self._storage_names: Optional[Dict[str, str]] = None
+        self._hosts: Optional["HostProcesses"] = None
         self._pods: Optional[Dict[str, Tuple[str, str]]] = None
         self._logs: Optional[Dict[str, Tuple[str, str, str]]] = None
 
@@ -192,8 +196,12 @@ class NodeFiles:
         through its shim's working directory (the parent of the container's init ``pid``)."""
         paths = self._bundle_paths(container_id)
         shim = self.parent_of(pid) if pid and self.parent_of else None
-        # Only a containerd shim runs in the bundle; conmon and others run anywhere.
-        if shim and (self.files.text(os.path.join(self.proc_root, str(shim), "comm")) or "").startswith("containerd-shim"):
+        # Only a containerd shim runs in the bundle; conmon and others run anywhere. A process
+        # of the container may call itself a shim (its comm is its own to set) and run in a
+        # directory it wrote: its cwd is taken only where it runs as root in the host's mount
+        # and pid namespaces (runtime_dirs.HostProcesses).
+        if shim and (self.files.text(os.path.join(self.proc_root, str(shim), "comm")) or "").startswith("containerd-shim") \
+                and self._host_process(shim):
             paths.append((os.path.join(self.proc_root, str(shim), "cwd", "config.json"), "shim bundle"))
         for path, named_from in paths:
             text = self.files.text(path)
@@ -201,6 +209,16 @@ class NodeFiles:
             if identity is not None:
                 return identity
         return None
+
+    def _host_process(self, pid: int) -> bool:
+        from container_netstat.runtime_dirs import HostProcesses
+
+        if self._hosts is None:
+            self._hosts = HostProcesses(self.proc_root, self.files)
+        why = self._hosts.refusal(pid, f"shim {pid}", cgroup_checked=False)
+        if why is not None and why != "gone":
+            log.info("shim %d: %s: its working directory is not read", pid, why)
+        return why is None
 
     def storage_name(self, container_id: str) -> Optional[str]:
         if self._storage_names is None:

@@ -549,8 +549,12 @@ class HostProcesses:
                   first.strerror or first)
         return own
 
-    def refusal(self, pid: int, who: str) -> Optional[str]:
-        """Why ``pid`` is not one of the host's processes, or None if it is."""
+    def refusal(self, pid: int, who: str, cgroup_checked: bool = True) -> Optional[str]:
+        """Why ``pid`` is not one of the host's processes, or None if it is.
+
+        ``cgroup_checked=False`` for a process that may sit in a container's cgroup yet is the
+        host's (a containerd shim can be placed in its pod's cgroup): root, and the host's
+        mount and pid namespaces, which no container process has."""
         try:
             if os.stat(os.path.join(self.proc_root, str(pid))).st_uid != 0:
                 return "not run by root"
@@ -569,6 +573,8 @@ class HostProcesses:
             return "gone"
         if mine != self._host:
             return "in a mount or pid namespace that is not the host's (a container's)"
+        if not cgroup_checked:
+            return None
         cgroup = self.files.text(os.path.join(self.proc_root, str(pid), "cgroup"))
         if cgroup is None:
             return "gone"

@@ -33,11 +33,21 @@ class Host:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.paths = Paths(str(root / "proc"), str(root / "run"), str(root / "var"), str(root))
-        (root / "proc").mkdir()
+        (root / "proc" / "1" / "ns").mkdir(parents=True)
+        for kind in ("mnt", "pid"):
+            (root / "proc" / "1" / "ns" / kind).write_text("")
 
-    def process(self, pid: int, cgroup: str, ppid: int = 1, cwd: Optional[Path] = None, comm: str = "sh") -> None:
+    def process(self, pid: int, cgroup: str, ppid: int = 1, cwd: Optional[Path] = None, comm: str = "sh",
+                host_ns: bool = True) -> None:
+        """A process; in the host's mount and pid namespaces (pid 1's), else in namespaces of its own."""
         d = self.root / "proc" / str(pid)
-        d.mkdir()
+        d.mkdir(exist_ok=pid == 1)
+        (d / "ns").mkdir(exist_ok=pid == 1)
+        for kind in ("mnt", "pid") if pid != 1 else ():
+            if host_ns:
+                (d / "ns" / kind).symlink_to(self.root / "proc" / "1" / "ns" / kind)
+            else:
+                (d / "ns" / kind).write_text("")
         (d / "cgroup").write_text(cgroup)
         (d / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1\n")
         (d / "comm").write_text(comm + "\n")
@@ -170,6 +180,19 @@ def test_bundle_found_through_the_shim_working_directory(host: Host, tmp_path: P
     host.process(810, v1(f"/kubepods/besteffort/pod{UID}/{odd}"), ppid=809)
     got = by_id(discovery.ProcBackend(host.paths).containers())
     assert got[odd].pod == ("shop", "web-7d4b9") and got[odd].is_sandbox
+
+
+def test_a_container_process_calling_itself_a_shim_is_not_believed(host: Host, tmp_path: Path) -> None:
+    # A process of the container names itself containerd-shim, moves itself to the root cgroup
+    # (a writable cgroupfs) so that the container's init looks like its child, and runs in a
+    # directory holding a forged bundle: it is not in the host's mount and pid namespaces, so its
+    # cwd is not read.
+    odd = "8" * 64
+    forged = host.bundle(f"overlay/upper/{odd}", CRI_SANDBOX).parent
+    host.process(811, v1("/"), cwd=forged, comm="containerd-shim", host_ns=False)
+    host.process(812, v1(f"/kubepods/besteffort/pod{UID}/{odd}"), ppid=811)
+    got = by_id(discovery.ProcBackend(host.paths).containers())
+    assert got[odd].pod is None and got[odd].name == odd[:12]
 
 
 def test_only_a_containerd_shim_working_directory_is_taken_for_a_bundle(host: Host) -> None:
