@@ -17,6 +17,7 @@ from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optiona
 
 from container_netstat import tcp_summary, hostnet, procnet
 from container_netstat.cgroup_members import MemberFinder
+from container_netstat.deadline import Deadline
 from container_netstat.errors import ContainerNetstatError, ProcessGone
 from container_netstat.kubernetes import POD_UID
 from container_netstat.metrics import DEFAULT_GROUPS, HOSTNET, STATES, BASIC, COUNTERS
@@ -140,6 +141,8 @@ def read_namespaces(
     tcp: Optional[TcpReader] = None,
     scanned: Optional[Mapping[str, Iterable[int]]] = None,
     fd_cap: int = hostnet.FD_CAP,
+    deadline: Optional[Deadline] = None,
+    workers: int = 1,
 ) -> Snapshot:
     """Read every container namespace once; see the module docstring.
 
@@ -202,8 +205,12 @@ def read_namespaces(
 
     tcp, groups, path = _tcp_decision(tcp, groups, by_key)
     namespaces: List[NetnsStats] = []
+    late: List[str] = []
     for key, entries in by_key.items():
         owner = _pick_owner([c for c, _ in entries])
+        if deadline is not None and deadline.expired():
+            late.append(owner.name)
+            continue
         members = [c for c, _ in entries] + [j for c, _ in entries for j in joiners.get(c.id, [])]
         names = tuple(sorted(c.name for c in members))
         if len(members) > 1:
@@ -255,6 +262,7 @@ def read_namespaces(
         groups=frozenset(groups),
         host_joined=host_joined,
         hostnet=report,
+        late=tuple(late),
     )
 
 

@@ -137,6 +137,7 @@ class Snapshot:
     groups: AbstractSet[str] = frozenset()  # the metric groups read (states may have been left out)
     host_joined: Tuple[Tuple[str, str], ...] = ()  # (container, the host-network container it joins)
     hostnet: Optional["Report"] = None  # host-network containers' own sockets; None without the group
+    late: Tuple[str, ...] = ()  # containers not read because the run's deadline had passed
 
 
 @dataclass(frozen=True)
