@@ -17,6 +17,7 @@ from container_netstat.records import Sample
 from container_netstat.settings import Delivery
 
 if TYPE_CHECKING:  # pragma: no cover
+    from container_netstat.deadline import Deadline
     from container_netstat.push import Outcome
     from container_netstat.spool import Spool
 
@@ -90,15 +91,15 @@ class TextfileOutput:
 
 
 class PushOutput:
-    """The spool replayed oldest first, then this run's items, by the run's deadline.
+    """The spool replayed oldest first, then this run's items, by the run's one deadline (cli.py).
 
     ``outcome`` holds what the delivery did, for the exit code.
     """
 
     carries_items = True
 
-    def __init__(self, delivery: Delivery, spool: "Spool", finish_by: float, where: str) -> None:
-        self.delivery, self.spool, self.finish_by, self.where = delivery, spool, finish_by, where
+    def __init__(self, delivery: Delivery, spool: "Spool", deadline: "Deadline", where: str) -> None:
+        self.delivery, self.spool, self.deadline, self.where = delivery, spool, deadline, where
         self.outcome: Optional["Outcome"] = None
 
     def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None:
@@ -108,6 +109,6 @@ class PushOutput:
         sender = push.HttpSender(push.Target(d.falcon_url, d.connect_timeout, d.read_timeout))
         try:
             self.outcome = push.deliver(items, collected_at, sender, self.spool, d.batch_size,
-                                        push.Deadline(self.finish_by), where=self.where)
+                                        self.deadline, where=self.where)
         finally:
             sender.close()

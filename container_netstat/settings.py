@@ -6,6 +6,7 @@ options' defaults, so a test or another program gets the same run as the command
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AbstractSet, Mapping, Optional, Tuple
 
@@ -14,6 +15,10 @@ from container_netstat.push import DEFAULT_URL, Target
 
 if TYPE_CHECKING:  # pragma: no cover
     from container_netstat.runtime_dirs import Dirs
+
+
+# Namespaces read at once: one per CPU, at most 4 (each read is mostly the kernel's time).
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Settings:
     exclude: Tuple[str, ...] = ()
     scope_overrides: Mapping[str, str] = field(default_factory=dict)  # --field-scope
     fd_cap: int = 65536  # --hostnet-fd-cap
+    workers: int = DEFAULT_WORKERS  # --workers: namespaces read at once (1: one after another)
 
 
 @dataclass(frozen=True)
