@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Ty
 
 import click
 
-from container_netstat import __version__, deadline as deadlines, discovery, kernel_scopes, metrics, push, table, units
-from container_netstat.deadline import Deadline
+from container_netstat import __version__, discovery, kernel_scopes, metrics, push, table, units
+from container_netstat.deadline import DEFAULT_SECONDS, DELIVERY_SHARE, Deadline, OutOfTime
 from container_netstat.diagnostics import FORMAT, OneLineFormatter, redact
 from container_netstat.settings import DEFAULT_WORKERS, Delivery, HostPaths, Settings
 from container_netstat.spool import Bounds
@@ -194,7 +194,7 @@ def _snapshot(settings: Settings, deadline: Deadline) -> "Tuple[discovery.Backen
     try:
         backend = run.choose_backend(settings, os.environ, deadline)
         snapshot, scopes = run.take_snapshot(settings, backend, deadline)
-    except deadlines.OutOfTime as err:
+    except OutOfTime as err:
         raise _fail(EXIT_PARTIAL, f"{err}: no container was read")
     except DockerUnavailable as err:
         raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {redact(backend.where)}: {err}")
@@ -248,7 +248,7 @@ def _snapshot(settings: Settings, deadline: Deadline) -> "Tuple[discovery.Backen
               show_default=True,
               help="Seconds to wait for each answer; the agent forwards before answering and retries "
               "for up to ~14 s.")
-@click.option("--deadline", type=click.FloatRange(min=1), default=deadlines.DEFAULT_SECONDS, show_default=True,
+@click.option("--deadline", type=click.FloatRange(min=1), default=DEFAULT_SECONDS, show_default=True,
               help="Seconds from the start of the run by which it must be done: every step (the "
               "container list, each namespace, the agent's name, each push, the spool's replay) takes its "
               "time from it. A run that pushes stops starting namespaces after three quarters of it, to "
@@ -314,7 +314,7 @@ def collect(
     chosen = _outputs(printed, textfile, sort_by, delivery, run_deadline, spool_dir, spool_max_age, spool_max_bytes)
     pushing = _pushing(chosen)
     # A run that pushes keeps a share of its time for the agent's name and the delivery.
-    collect_by = run_deadline.earlier(deadline * deadlines.DELIVERY_SHARE) if pushing is not None else run_deadline
+    collect_by = run_deadline.earlier(deadline * DELIVERY_SHARE) if pushing is not None else run_deadline
 
     try:
         _backend, snapshot, scopes = _snapshot(settings, collect_by)
@@ -483,7 +483,7 @@ def doctor(given: Settings, output_format: str, log_level: str) -> None:
 
     _setup_logging(log_level)
     settings = dataclasses.replace(given, groups=frozenset({metrics.BASIC, metrics.STATES, metrics.HOSTNET}))
-    backend, snapshot, scopes = _snapshot(settings, Deadline.after(deadlines.DEFAULT_SECONDS))
+    backend, snapshot, scopes = _snapshot(settings, Deadline.after(DEFAULT_SECONDS))
     unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None
     where = redact(backend.where)
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Tuple, TypeVar, Union
+from typing import Callable, List, TypeVar
 
 from container_netstat.errors import ContainerNetstatError
 
@@ -73,24 +73,23 @@ def within(seconds: float, what: str, call: Callable[[], T]) -> T:
     process, so a caller must not use what the call uses (a connection, a session) again.
     """
     done = threading.Event()
-    result: List[Tuple[bool, Union[T, BaseException]]] = []
+    result: List[T] = []
+    error: List[BaseException] = []
 
     def run() -> None:
         try:
-            result.append((True, call()))
+            result.append(call())
         except BaseException as err:  # noqa: BLE001 - handed to the waiting thread as it is
-            result.append((False, err))
+            error.append(err)
         finally:
             done.set()
 
     threading.Thread(target=run, name=f"within: {what}", daemon=True).start()
     if not done.wait(max(0.0, seconds)):
         raise StepTimeout(what, seconds)
-    ok, value = result[0]
-    if ok:
-        return value  # type: ignore[return-value]
-    assert isinstance(value, BaseException)
-    raise value
+    if error:
+        raise error[0]
+    return result[0]
 
 
 # Long enough for a run that is not stalled, well inside cron's minute.
