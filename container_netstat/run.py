@@ -61,7 +61,7 @@ def list_containers(settings: Settings, backend: discovery.Backend, deadline: Op
     try:
         return within(budget, "listing the containers", backend.containers)
     except StepTimeout as err:
-        raise DockerUnavailable(f"no container list within {budget:.1f} s") from err
+        raise DockerUnavailable(f"timed out: no container list within {budget:.1f} s") from err
 
 
 def take_snapshot(settings: Settings, backend: discovery.Backend,
