@@ -273,7 +273,8 @@ class HttpSender:
         response = self._session.post(
             self.target.url,
             data=body,
-            headers={"Content-Type": "application/json"},
+            # identity: the cap on the reply counts the bytes read, with no decompression after it.
+            headers={"Content-Type": "application/json", "Accept-Encoding": "identity"},
             timeout=(connect, read),
             allow_redirects=False,
             stream=True,

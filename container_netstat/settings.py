@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from container_netstat.runtime_dirs import Dirs
 
 
-# Namespaces read at once: one per CPU, at most 4 (each read is mostly the kernel's time).
-DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
+# Namespaces read at once: one per CPU this process may run on, at most 4.
+DEFAULT_WORKERS = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4)
 
 
 @dataclass(frozen=True)
