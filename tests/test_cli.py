@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any, List, Tuple
 
 import pytest
 from click.testing import CliRunner
@@ -65,9 +66,9 @@ def test_workers_reach_the_run_from_the_option_or_the_environment(monkeypatch: p
     from container_netstat import run, settings
     from container_netstat.errors import DockerUnavailable
 
-    seen = []
+    seen: List[Tuple[int, Any]] = []
 
-    def take_snapshot(given: settings.Settings, backend: object, deadline: object = None) -> None:
+    def take_snapshot(given: settings.Settings, backend: Any, deadline: Any = None) -> None:
         seen.append((given.workers, deadline))
         raise DockerUnavailable("stopped here")
 
@@ -80,7 +81,7 @@ def test_workers_reach_the_run_from_the_option_or_the_environment(monkeypatch: p
     assert [w for w, _ in seen] == [1, 3, settings.DEFAULT_WORKERS]
     assert 1 <= settings.DEFAULT_WORKERS <= 4
     # One deadline, made at the start of the run, reaches the collection.
-    assert all(d is not None and 0 < d.remaining() <= 40 for _, d in seen)  # type: ignore[attr-defined]
+    assert all(d is not None and 0 < d.remaining() <= 40 for _, d in seen)
     assert CliRunner().invoke(cli.main, ["collect", "--workers", "0"]).exit_code == 2
 
 
