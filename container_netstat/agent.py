@@ -8,7 +8,8 @@ falcon-plus ``modules/agent/http/kernel.go`` answers that path with ``g.Hostname
 sends its own host metrics under that name, so items pushed through it belong there too.
 
 The agent is asked only when the push URL is an agent's (path ``/v1/push``), once per run,
-with the connect timeout and a read timeout of at most 2 s, both within the run's deadline.
+with the connect timeout and a read timeout of at most 2 s, the whole question bounded by their
+sum and by the run's deadline (a name that does not resolve, an answer sent a byte at a time).
 The request uses the standard library's http.client, not requests: a run that prints
 (``--dry-run``) with ``--runtime proc`` never imports requests, and the question is one GET
 with no redirect to follow and no proxy to honour.
@@ -25,7 +26,7 @@ from typing import Dict, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from container_netstat import falcon
-from container_netstat.deadline import Deadline
+from container_netstat.deadline import Deadline, StepTimeout, within
 from container_netstat.push import MIN_BUDGET, _one_line
 from container_netstat.spool import Spool, SpoolError
 
@@ -86,14 +87,26 @@ def parse(status: int, body: str) -> Answer:
 
 
 def ask(url: str, connect_timeout: float, read_timeout: float, deadline: Deadline) -> Answer:
-    """One GET of ``url`` (from hostname_url), credentials in it sent as basic auth."""
-    import http.client
+    """One GET of ``url`` (from hostname_url), credentials in it sent as basic auth.
 
+    The socket timeouts bound the connect and each ``recv``; the whole question (the name's
+    resolution, the connect, the answer however slowly it comes) is bounded by their sum and
+    by the deadline through ``deadline.within``."""
     budget = deadline.remaining()
     if budget < MIN_BUDGET:
         return Answer(None, "the run's deadline was reached")
     connect = max(0.1, min(connect_timeout, budget))
     read = max(0.1, min(read_timeout, READ_TIMEOUT, budget))
+    total = min(connect + read, budget)
+    try:
+        return within(total, "the agent's name", lambda: _ask(url, connect, read))
+    except StepTimeout:
+        return Answer(None, f"no complete answer within {total:.1f} s")
+
+
+def _ask(url: str, connect: float, read: float) -> Answer:
+    import http.client
+
     parts = urlsplit(url)
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = kind(str(parts.hostname), parts.port, timeout=connect)

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Ty
 import click
 
 from container_netstat import __version__, discovery, kernel_scopes, metrics, push, table, units
+from container_netstat.deadline import DEFAULT_SECONDS, DELIVERY_SHARE, Deadline, OutOfTime
 from container_netstat.diagnostics import FORMAT, OneLineFormatter, redact
-from container_netstat.settings import Delivery, HostPaths, Settings
+from container_netstat.settings import DEFAULT_WORKERS, Delivery, HostPaths, Settings
 from container_netstat.spool import Bounds
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +40,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_DOCKER = 3
-EXIT_PARTIAL = 4
+EXIT_PARTIAL = 4  # some containers could not be read, or were not read by the deadline
 EXIT_SPOOLED = 5  # not all delivered: the rest waits in the spool for the next run
 EXIT_REJECTED = 6  # the receiver refused a batch (a 4xx or 3xx) or dropped items as invalid
 EXIT_LOCKED = 7  # another run holds the spool's lock: this one did nothing
@@ -160,6 +161,10 @@ def _source_options(f: F) -> F:
                      help="A runtime's directory on the host, instead of the ones --runtime proc finds from the "
                      "running daemons: docker=DATA-ROOT, containerd=STATE, graphroot=PATH or runroot=PATH "
                      "(containers/storage: CRI-O, Podman). Repeatable."),
+        click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
+                     metavar="N",
+                     help="Network namespaces read at once (default: the CPUs, at most 4); 1 reads them "
+                     "one after another."),
         click.option("--field-scope", "field_scopes", multiple=True, metavar="FIELD=netns|host", callback=_parse_scopes,
                      help="Override whether a kernel-dependent sockstat field (tw, sockets_used) is per "
                      "network namespace on this kernel (for backports). Repeatable."),
@@ -171,7 +176,7 @@ def _source_options(f: F) -> F:
                           kwargs.pop("var_root"), kwargs.pop("host_root"), kwargs.pop("runtime_dir"))
         given = Settings(runtime=kwargs.pop("runtime"), docker_host=kwargs.pop("docker_host"),
                           docker_timeout=kwargs.pop("docker_timeout"), paths=paths,
-                          scope_overrides=kwargs.pop("field_scopes"))
+                          scope_overrides=kwargs.pop("field_scopes"), workers=kwargs.pop("workers"))
         return f(given=given, **kwargs)
 
     wrapped: Any = with_source
@@ -180,14 +185,17 @@ def _source_options(f: F) -> F:
     return wrapped  # type: ignore[no-any-return]
 
 
-def _snapshot(settings: Settings) -> "Tuple[discovery.Backend, Snapshot, Dict[str, str]]":
-    """run.take_snapshot, or exit 3 (the runtime cannot be reached) or 4 (nor /proc) with one line."""
+def _snapshot(settings: Settings, deadline: Deadline) -> "Tuple[discovery.Backend, Snapshot, Dict[str, str]]":
+    """run.take_snapshot by ``deadline``, or exit 3 (the runtime cannot be reached) or 4 (nor
+    /proc, or the deadline passed before the list) with one line."""
     from container_netstat import run
     from container_netstat.errors import ContainerNetstatError, DockerUnavailable
 
-    backend = run.choose_backend(settings, os.environ)
     try:
-        snapshot, scopes = run.take_snapshot(settings, backend)
+        backend = run.choose_backend(settings, os.environ, deadline)
+        snapshot, scopes = run.take_snapshot(settings, backend, deadline)
+    except OutOfTime as err:
+        raise _fail(EXIT_PARTIAL, f"{err}: no container was read")
     except DockerUnavailable as err:
         raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {redact(backend.where)}: {err}")
     except ContainerNetstatError as err:
@@ -240,9 +248,12 @@ def _snapshot(settings: Settings) -> "Tuple[discovery.Backend, Snapshot, Dict[st
               show_default=True,
               help="Seconds to wait for each answer; the agent forwards before answering and retries "
               "for up to ~14 s.")
-@click.option("--deadline", type=click.FloatRange(min=1), default=40.0, show_default=True,
-              help="Seconds from the start of the run by which it must be done; what is not sent by "
-              "then is spooled for the next run.")
+@click.option("--deadline", type=click.FloatRange(min=1), default=DEFAULT_SECONDS, show_default=True,
+              help="Seconds from the start of the run by which it must be done: every step (the "
+              "container list, each namespace, the agent's name, each push, the spool's replay) takes its "
+              "time from it. A run that pushes stops starting namespaces after three quarters of it, to "
+              "leave time to send; containers not read by then are named in one line (exit 4), and what "
+              "is not sent by the deadline is spooled for the next run (exit 5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Items per request.")
 @click.option("--spool-dir", type=click.Path(file_okay=False), default=None,
@@ -283,13 +294,14 @@ def collect(
     Reads each network namespace once (/proc/<pid>/net/{sockstat,sockstat6,snmp,netstat},
     and its TCP states by one sock_diag dump inside it) and prints (--dry-run) or pushes
     an open-falcon JSON array; --format prints it as
-    json, prometheus or table instead, --textfile writes it for node_exporter. Exit
-    codes: 0 ok, 2 usage, 3 Docker unreachable (the spool is still replayed), 4 some
-    containers could not be read, 5 not all delivered (the rest is spooled), 6 refused
-    by the receiver (a wrong URL's batches are kept), 7 another run in progress, 8 items
-    lost (or --textfile not written), 1 internal error.
+    json, prometheus or table instead, --textfile writes it for node_exporter. The whole
+    run ends by --deadline. Exit codes: 0 ok, 2 usage, 3 Docker unreachable (the spool is
+    still replayed), 4 some containers could not be read, or were not read by the deadline,
+    5 not all delivered (the rest is spooled, also when the deadline cut the push short),
+    6 refused by the receiver (a wrong URL's batches are kept), 7 another run in progress,
+    8 items lost (or --textfile not written), 1 internal error.
     """
-    finish_by = time.monotonic() + deadline
+    run_deadline = Deadline.after(deadline)  # the one deadline of this run: every step takes its time from it
     gc.disable()  # one short run that makes no reference cycles worth collecting: ~11 ms at 300 containers
     started = time.monotonic()  # the run's duration gauge (outputs.with_health)
     _setup_logging(log_level)
@@ -300,11 +312,13 @@ def collect(
     delivery = Delivery(falcon_url, endpoint, step, connect_timeout, read_timeout, batch_size)
     if textfile is not None and not Path(textfile).parent.is_dir():
         raise click.BadParameter(f"{textfile}: no such directory", param_hint="--textfile")
-    chosen = _outputs(printed, textfile, sort_by, delivery, finish_by, spool_dir, spool_max_age, spool_max_bytes)
+    chosen = _outputs(printed, textfile, sort_by, delivery, run_deadline, spool_dir, spool_max_age, spool_max_bytes)
     pushing = _pushing(chosen)
+    # A run that pushes keeps a share of its time for the agent's name and the delivery.
+    collect_by = run_deadline.earlier(deadline * DELIVERY_SHARE) if pushing is not None else run_deadline
 
     try:
-        _backend, snapshot, scopes = _snapshot(settings)
+        _backend, snapshot, scopes = _snapshot(settings, collect_by)
     except click.exceptions.Exit as stop:
         if pushing is None or stop.exit_code != EXIT_DOCKER:
             raise
@@ -326,18 +340,36 @@ def collect(
     collected_at = int(time.time())
     items: List[falcon.Item] = []
     if any(o.carries_items for o in chosen):
-        name = delivery.endpoint or _agent_endpoint(delivery, finish_by, pushing) or socket.gethostname()
+        name = delivery.endpoint or _agent_endpoint(delivery, run_deadline, pushing) or socket.gethostname()
         items = falcon.build_items(samples, name, collected_at, step)
     log.info(
         "%d containers, %d namespaces, %d items; %d exited during the run, %d failed",
         snapshot.containers, len(snapshot.namespaces), len(items), len(snapshot.gone), len(failed),
     )
     _emit(chosen, samples, items, collected_at)
-    if pushing is not None:
-        assert pushing.outcome is not None
-        raise click.exceptions.Exit(_push_exit_code(pushing.outcome, bool(failed)))
-    if failed:
+    partial = bool(failed) or bool(snapshot.late)
+    outcome = pushing.outcome if pushing is not None else None
+    _say_skipped(deadline, snapshot.late, outcome, run_deadline)
+    if outcome is not None:
+        raise click.exceptions.Exit(_push_exit_code(outcome, partial))
+    if partial:
         raise click.exceptions.Exit(EXIT_PARTIAL)
+
+
+def _say_skipped(seconds: float, late: Tuple[str, ...], outcome: "Optional[Outcome]", run_deadline: Deadline) -> None:
+    """One line for what the deadline made the run skip: the containers not read, and the
+    batches spooled when the deadline cut the push short (push.py says why a push failed)."""
+    cut = outcome is not None and outcome.spooled_batches > 0 and run_deadline.remaining() < push.MIN_BUDGET
+    if not late and not cut:
+        return
+    parts = []
+    if late:
+        shown = ", ".join(late[:10]) + (f" and {len(late) - 10} more" if len(late) > 10 else "")
+        parts.append(f"{len(late)} containers not read ({shown})")
+    if cut and outcome is not None:
+        parts.append(f"{outcome.spooled_batches} batches of this run ({outcome.spooled_items} items) spooled "
+                     "for the next run")
+    log.warning("the run's deadline (%g s) was reached: %s", seconds, "; ".join(parts))
 
 
 def _groups(metric_groups: Optional[str], tcp_states: bool, table_sort: Optional[str]) -> "Tuple[set[str], bool]":
@@ -352,7 +384,7 @@ def _groups(metric_groups: Optional[str], tcp_states: bool, table_sort: Optional
     return groups, asked
 
 
-def _outputs(printed: Optional[str], textfile: Optional[str], sort_by: str, delivery: Delivery, finish_by: float,
+def _outputs(printed: Optional[str], textfile: Optional[str], sort_by: str, delivery: Delivery, run_deadline: Deadline,
              spool_dir: Optional[str], max_age: int, max_bytes: int) -> "List[Output]":
     """The outputs the options ask for: the textfile, then a printed format; else the push,
     which checks its URL and takes the spool's lock first."""
@@ -376,7 +408,7 @@ def _outputs(printed: Optional[str], textfile: Optional[str], sort_by: str, deli
     except push.UnusableUrl as err:
         raise click.BadParameter(str(err), param_hint="--falcon-url") from err
     spool = _locked_spool(spool_dir, max_age, max_bytes)
-    return [outputs.PushOutput(delivery, spool, finish_by, redact(delivery.falcon_url))]
+    return [outputs.PushOutput(delivery, spool, run_deadline, redact(delivery.falcon_url))]
 
 
 def _pushing(chosen: "List[Output]") -> "Optional[PushOutput]":
@@ -385,13 +417,13 @@ def _pushing(chosen: "List[Output]") -> "Optional[PushOutput]":
     return next((o for o in chosen if isinstance(o, PushOutput)), None)
 
 
-def _agent_endpoint(delivery: Delivery, finish_by: float, pushing: "Optional[PushOutput]") -> Optional[str]:
+def _agent_endpoint(delivery: Delivery, run_deadline: Deadline, pushing: "Optional[PushOutput]") -> Optional[str]:
     """The falcon-agent's own name for its host, asked once (agent.py); None where not asked."""
     from container_netstat import agent
 
     spool = pushing.spool if pushing is not None else None
     return agent.endpoint(delivery.falcon_url, delivery.connect_timeout, delivery.read_timeout,
-                          push.Deadline(finish_by), spool)
+                          run_deadline, spool)
 
 
 def _emit(chosen: "List[Output]", samples: "List[Any]", items: "List[Any]", collected_at: int) -> None:
@@ -454,7 +486,7 @@ def doctor(given: Settings, output_format: str, log_level: str) -> None:
 
     _setup_logging(log_level)
     settings = dataclasses.replace(given, groups=frozenset({metrics.BASIC, metrics.STATES, metrics.HOSTNET}))
-    backend, snapshot, scopes = _snapshot(settings)
+    backend, snapshot, scopes = _snapshot(settings, Deadline.after(DEFAULT_SECONDS))
     unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None
     where = redact(backend.where)
     try:

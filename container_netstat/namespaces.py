@@ -28,7 +28,7 @@ from functools import partial
 from types import TracebackType
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
-from container_netstat import tcp_summary, hostnet, procnet
+from container_netstat import tcp_summary, hostnet, procnet, settings
 from container_netstat.cgroup_members import MemberFinder
 from container_netstat.deadline import Deadline, OutOfTime
 from container_netstat.errors import ContainerNetstatError, ProcessGone
@@ -42,10 +42,6 @@ from container_netstat.tcp_reader import DumpFailed, HomeLost, TcpReader
 log = logging.getLogger(__name__)
 
 HOST_PID = 1
-# Worker threads for the namespaces: dumps spend their time in the kernel, and two
-# threads took about a quarter off the wall time on 2 vCPUs; more than 4 only add
-# contention on the host's one TCP table.
-DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
 # How long past the deadline the run waits for a worker still in a dump (each recv is
 # bounded by what is left of the deadline, so this is only scheduling slack).
 JOIN_SLACK = 2.0
@@ -278,7 +274,7 @@ def read_namespaces(
     scanned: Optional[Mapping[str, Iterable[int]]] = None,
     fd_cap: int = hostnet.FD_CAP,
     deadline: Optional[Deadline] = None,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = settings.DEFAULT_WORKERS,
     still_ours: Optional[Callable[[Container, int], bool]] = None,
 ) -> Snapshot:
     """Read every container namespace once; see the module docstring.

@@ -18,6 +18,7 @@ from container_netstat.settings import Delivery
 
 if TYPE_CHECKING:  # pragma: no cover
     from container_netstat.prometheus import RunHealth
+    from container_netstat.deadline import Deadline
     from container_netstat.push import Outcome
     from container_netstat.spool import Spool
 
@@ -93,15 +94,15 @@ class TextfileOutput:
 
 
 class PushOutput:
-    """The spool replayed oldest first, then this run's items, by the run's deadline.
+    """The spool replayed oldest first, then this run's items, by the run's one deadline (cli.py).
 
     ``outcome`` holds what the delivery did, for the exit code.
     """
 
     carries_items = True
 
-    def __init__(self, delivery: Delivery, spool: "Spool", finish_by: float, where: str) -> None:
-        self.delivery, self.spool, self.finish_by, self.where = delivery, spool, finish_by, where
+    def __init__(self, delivery: Delivery, spool: "Spool", deadline: "Deadline", where: str) -> None:
+        self.delivery, self.spool, self.deadline, self.where = delivery, spool, deadline, where
         self.outcome: Optional["Outcome"] = None
 
     def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None:
@@ -111,7 +112,7 @@ class PushOutput:
         sender = push.HttpSender(push.Target(d.falcon_url, d.connect_timeout, d.read_timeout))
         try:
             self.outcome = push.deliver(items, collected_at, sender, self.spool, d.batch_size,
-                                        push.Deadline(self.finish_by), where=self.where)
+                                        self.deadline, where=self.where)
         finally:
             sender.close()
 

@@ -30,11 +30,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from container_netstat.falcon import Item
 from container_netstat import falcon
-from container_netstat.deadline import Deadline
+from container_netstat.deadline import Deadline, StepTimeout, within
 from container_netstat.diagnostics import redact
 from container_netstat.errors import PushError
 from container_netstat.spool import CorruptBatch, Entry, Spool, SpoolError
@@ -52,7 +52,8 @@ TRANSIENT_4XX = frozenset({408, 425, 429, 499})
 WRONG_ADDRESS_4XX = frozenset({401, 403, 404, 405})
 # Below this many seconds left in the run, no new request starts.
 MIN_BUDGET = 0.5
-
+# A receiver's answer is a word or a small JSON object; read no more than this of it.
+MAX_REPLY = 64 * 1024
 
 
 class Unreachable(PushError):
@@ -205,38 +206,94 @@ def _delivered(body: str, sent: int) -> Reply:
 
 
 class HttpSender:
-    """POSTs JSON bodies with requests; every call bounded by connect/read timeouts and the budget."""
+    """POSTs JSON bodies with requests, each request bounded in total by the budget.
 
-    def __init__(self, target: Target) -> None:
+    requests' timeouts bound the connect and each ``recv``, not an answer: a receiver that
+    sends one byte a second never trips them. So the host name is resolved once, within the
+    connect timeout (``getaddrinfo`` takes none), and each request runs through
+    ``deadline.within``, for at most the connect plus the read timeout and never past the
+    budget; the answer is read as a stream, at most MAX_REPLY bytes of it.
+    """
+
+    def __init__(self, target: Target, resolve: Optional[Callable[..., Any]] = None) -> None:
+        import socket
+
         import requests  # here, not at the top: `collect --dry-run` and `--help` never pay for it
 
         self.target = target
         self._requests = requests
+        self._resolve = resolve or socket.getaddrinfo
+        self._resolved = False
+        self._abandoned = ""
         self._session = requests.Session()
         # Proxies and .netrc come from the environment, which only the CLI reads; the usual
         # receiver is the agent on 127.0.0.1, which must never go through a proxy.
         self._session.trust_env = False
 
     def send(self, body: bytes, count: int, budget: float) -> Reply:
+        if self._abandoned:
+            # The session may still be in use by the request left running.
+            raise Unreachable(self._abandoned)
+        started = time.monotonic()
         connect = max(0.1, min(self.target.connect_timeout, budget))
+        if not self._resolved:
+            self._check_name(connect)
+        budget -= time.monotonic() - started
+        if budget < 0.1:
+            raise DeadlineReached("the run's deadline was reached")
+        connect = min(connect, budget)
         read = max(0.1, min(self.target.read_timeout, budget))
+        total = min(self.target.connect_timeout + self.target.read_timeout, budget)
         try:
-            response = self._session.post(
-                self.target.url,
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=(connect, read),
-                allow_redirects=False,
-            )
-            text = response.text
+            status, text, location = within(total, "the push", lambda: self._post(body, connect, read))
+        except StepTimeout as err:
+            self._abandoned = f"no answer within {total:.1f} s (an answer still coming: cut off)"
+            raise Unreachable(self._abandoned) from err
         except self._requests.Timeout as err:
             raise Unreachable(f"no answer within {read:.1f} s ({type(err).__name__})") from err
         except self._requests.RequestException as err:
             raise Unreachable(_describe(err)) from err
-        return interpret(response.status_code, text, count, response.headers.get("Location", ""))
+        return interpret(status, text, count, location)
+
+    def _check_name(self, seconds: float) -> None:
+        """Resolve the URL's host within ``seconds``: Unreachable, as for an outage, if it cannot be."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.target.url)
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            within(seconds, "resolving the host name", lambda: self._resolve(host, port))
+        except StepTimeout as err:
+            raise Unreachable(f"cannot resolve {host!r} within {seconds:.1f} s") from err
+        except OSError as err:  # socket.gaierror
+            raise Unreachable(f"cannot resolve {host!r}: {err.strerror or err}") from err
+        self._resolved = True
+
+    def _post(self, body: bytes, connect: float, read: float) -> "Tuple[int, str, str]":
+        response = self._session.post(
+            self.target.url,
+            data=body,
+            # identity: the cap on the reply counts the bytes read, with no decompression after it.
+            headers={"Content-Type": "application/json", "Accept-Encoding": "identity"},
+            timeout=(connect, read),
+            allow_redirects=False,
+            stream=True,
+        )
+        try:
+            data = b""
+            for chunk in response.iter_content(chunk_size=4096):
+                data += chunk
+                if len(data) > MAX_REPLY:
+                    data = data[:MAX_REPLY]
+                    break
+            text = data.decode(response.encoding or "utf-8", "replace")
+            return response.status_code, text, response.headers.get("Location", "")
+        finally:
+            response.close()
 
     def close(self) -> None:
-        self._session.close()
+        if not self._abandoned:
+            self._session.close()
 
 
 def _describe(err: BaseException) -> str:

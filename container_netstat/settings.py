@@ -6,6 +6,7 @@ options' defaults, so a test or another program gets the same run as the command
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AbstractSet, Mapping, Optional, Tuple
 
@@ -14,6 +15,12 @@ from container_netstat.push import DEFAULT_URL, Target
 
 if TYPE_CHECKING:  # pragma: no cover
     from container_netstat.runtime_dirs import Dirs
+
+
+# Worker threads reading namespaces: one per CPU this process may run on, at most 4. Dumps
+# spend their time in the kernel (recv releases the GIL); more than 4 only add contention
+# on the host's one TCP table.
+DEFAULT_WORKERS = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class Settings:
     exclude: Tuple[str, ...] = ()
     scope_overrides: Mapping[str, str] = field(default_factory=dict)  # --field-scope
     fd_cap: int = 65536  # --hostnet-fd-cap
+    workers: int = DEFAULT_WORKERS  # --workers: namespaces read at once (1: one after another)
 
 
 @dataclass(frozen=True)

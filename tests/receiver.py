@@ -25,7 +25,10 @@ docs/facts.rst, "The open-falcon push" and "Nightingale and categraf"):
 Failure modes for tests: ``down()``/``up()`` (connection refused, same port), ``fail(status)``,
 ``redirect(status, location)``, ``slow(seconds)``, ``cut()`` (closes the connection half way
 through the request body), ``limit(max_items=N)`` (the agent's ``exceed`` answer) or
-``limit(max_bytes=N)`` (413, as a proxy's body size limit answers).
+``limit(max_bytes=N)`` (413, as a proxy's body size limit answers), ``drip(interval)`` (the
+status line and headers at once, then the body one byte every ``interval`` seconds; with
+``headers=True`` the status line and headers one byte at a time; for the push, the hostname
+lookup or both): a peer that never lets a per-recv timeout expire.
 
 Run it by hand: ``python3 tests/receiver.py --port 1988`` prints each push's verdict.
 """
@@ -222,6 +225,8 @@ class _Behaviour:
     max_items: int = 0
     max_bytes: int = 0  # above: 413, as a proxy's body limit answers (nginx client_max_body_size)
     location: str = ""
+    drip: float = 0.0  # > 0: answer one byte every this many seconds (see Receiver.drip)
+    drip_headers: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,8 @@ class _Hostname:
     status: int = 200
     delay: float = 0.0
     body: Optional[str] = None  # sent as it is, instead of any of the above
+    drip: float = 0.0
+    drip_headers: bool = False
 
 
 class Receiver:
@@ -304,6 +311,14 @@ class Receiver:
                  body: Optional[str] = None) -> None:
         self.name_behaviour = _Hostname(name, error, status, delay, body)
 
+    def drip(self, interval: float = 1.0, headers: bool = False, push: bool = True, lookup: bool = True) -> None:
+        """Answer a byte every ``interval`` seconds: the body (or, with ``headers``, the status
+        line and headers too), on POSTs (``push``) and GET /proc/kernel/hostname (``lookup``)."""
+        if push:
+            self.behaviour = _Behaviour(drip=interval, drip_headers=headers)
+        if lookup:
+            self.name_behaviour = _Hostname(drip=interval, drip_headers=headers)
+
     def cut(self) -> None:
         self.behaviour = _Behaviour(cut=True)
 
@@ -369,6 +384,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, "404 page not found\n")
             return
         how = receiver.name_behaviour
+        if how.drip:
+            self._drip(how.drip, how.drip_headers)
+            return
         if how.delay:
             receiver._stopping.wait(how.delay)
         if how.body is not None:
@@ -394,6 +412,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         body = self.rfile.read(length)
+        if behaviour.drip:
+            receiver._record(Push(path, 0, "drip", [], [], [], time.time()))
+            self._drip(behaviour.drip, behaviour.drip_headers)
+            return
         if behaviour.max_bytes and length > behaviour.max_bytes:
             receiver._record(Push(path, 413, "too large", [], [], [], time.time()))
             self._answer(413, "Request Entity Too Large\n")
@@ -442,6 +464,21 @@ class _Handler(BaseHTTPRequestHandler):
             reply = json.dumps({"msg": "success", "data": {"Message": "ok", "Total": len(items),
                                                            "Invalid": len(invalid), "Latency": 0}})
         return 200, reply, Push(path, 200, reply, [i for i in items if i is not None], invalid, problems, now)
+
+    def _drip(self, interval: float, headers: bool) -> None:
+        """A 200 whose body (and, with ``headers``, whose head) comes one byte per ``interval``."""
+        size = 100_000
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n".encode()
+        self.close_connection = True
+        try:
+            if not headers:
+                self.wfile.write(head)
+            for byte in head if headers else b"s" * size:
+                if self.server.receiver._stopping.wait(interval):
+                    return
+                self.wfile.write(bytes([byte]))
+        except OSError:
+            return
 
     def _answer(self, status: int, text: str, content_type: Optional[str] = None, location: str = "") -> None:
         data = text.encode()

@@ -178,6 +178,27 @@ def test_the_deadline_cuts_the_lookup_short(receiver: Receiver) -> None:
     assert receiver.lookups == [HOSTNAME]  # the spent deadline made no request
 
 
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_an_agent_answering_a_byte_at_a_time_costs_at_most_connect_plus_read(receiver: Receiver, logs: Logs,
+                                                                            headers: bool) -> None:
+    # A byte every 0.5 s never lets the 2 s read timeout expire.
+    receiver.hostname(NAME)
+    receiver.drip(0.5, headers=headers, push=False)
+    started = time.monotonic()
+    assert endpoint(receiver) is None
+    assert time.monotonic() - started < 2.0 + 2.0 + 1.5
+    (line,) = logs.at(logging.WARNING)
+    assert "no complete answer within 4.0 s" in line
+
+
+def test_the_deadline_bounds_a_dripping_lookup(receiver: Receiver) -> None:
+    receiver.drip(0.5, push=False)
+    started = time.monotonic()
+    answer = agent.ask(receiver.url(HOSTNAME), 2.0, 20.0, Deadline.after(1.2))
+    assert answer.name is None and answer.reason == "no complete answer within 1.2 s"
+    assert time.monotonic() - started < 1.2 + 1.0
+
+
 def test_no_agent_listening_is_said_at_info_level(receiver: Receiver, logs: Logs) -> None:
     receiver.down()
     assert endpoint(receiver) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any, List, Tuple
 
 import pytest
 from click.testing import CliRunner
@@ -59,3 +60,32 @@ def test_environment_variable_sets_an_option_and_a_flag_wins() -> None:
 def test_credentials_in_docker_host_are_not_logged() -> None:
     assert diagnostics.redact("tcp://user:secret@host:2376") == "tcp://***@host:2376"
     assert diagnostics.redact("unix:///var/run/docker.sock") == "unix:///var/run/docker.sock"
+
+
+def test_workers_reach_the_run_from_the_option_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from container_netstat import run, settings
+    from container_netstat.errors import DockerUnavailable
+
+    seen: List[Tuple[int, Any]] = []
+
+    def take_snapshot(given: settings.Settings, backend: Any, deadline: Any = None) -> None:
+        seen.append((given.workers, deadline))
+        raise DockerUnavailable("stopped here")
+
+    monkeypatch.setattr(run, "take_snapshot", take_snapshot)
+    result = CliRunner().invoke(cli.main, ["collect", "--dry-run", "--workers", "1"])
+    assert result.exit_code == cli.EXIT_DOCKER, result.output
+    result = CliRunner().invoke(cli.main, ["collect", "--dry-run"], env={"CONTAINER_NETSTAT_COLLECT_WORKERS": "3"})
+    assert result.exit_code == cli.EXIT_DOCKER, result.output
+    result = CliRunner().invoke(cli.main, ["collect", "--dry-run"])
+    assert [w for w, _ in seen] == [1, 3, settings.DEFAULT_WORKERS]
+    assert 1 <= settings.DEFAULT_WORKERS <= 4
+    # One deadline, made at the start of the run, reaches the collection.
+    assert all(d is not None and 0 < d.remaining() <= 40 for _, d in seen)
+    assert CliRunner().invoke(cli.main, ["collect", "--workers", "0"]).exit_code == 2
+
+
+def test_the_help_documents_the_deadlines_exit_codes() -> None:
+    text = " ".join(CliRunner().invoke(cli.main, ["collect", "--help"]).output.split())
+    assert "4 some containers could not be read, or were not read by the deadline" in text
+    assert "--workers" in text and "--deadline" in text

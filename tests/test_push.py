@@ -280,6 +280,97 @@ def test_the_budget_shortens_the_timeouts(receiver: Receiver) -> None:
     assert time.monotonic() - started < 1.5
 
 
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_an_answer_sent_a_byte_at_a_time_is_cut_off_in_total(receiver: Receiver, headers: bool) -> None:
+    # A byte every 0.3 s never lets the 1 s read timeout expire: only a bound on the whole
+    # request ends it, after the connect plus the read timeout.
+    receiver.drip(0.3, headers=headers, lookup=False)
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match=r"no answer within 2\.0 s"):
+        sender(receiver.url(), connect=1.0, read=1.0).send(json.dumps([item()]).encode(), 1, 10)
+    assert time.monotonic() - started < 2.0 + 1.5
+    assert [p.reply for p in receiver.pushes] == ["drip"]  # the request did arrive
+
+
+def test_the_budget_bounds_a_dripping_answer_and_the_sender_sends_no_more(receiver: Receiver) -> None:
+    receiver.drip(0.3, lookup=False)
+    http = sender(receiver.url(), connect=3.0, read=20.0)
+    started = time.monotonic()
+    with pytest.raises(Unreachable):
+        http.send(json.dumps([item()]).encode(), 1, budget=1.5)
+    assert time.monotonic() - started < 1.5 + 1.0
+    receiver.ok()
+    # The request left running may still hold the session: nothing more goes through it.
+    with pytest.raises(Unreachable, match="cut off"):
+        http.send(json.dumps([item()]).encode(), 1, budget=10)
+    assert len(receiver.pushes) == 1
+
+
+def test_a_host_name_that_does_not_resolve_in_time_is_an_outage() -> None:
+    import threading
+
+    release = threading.Event()
+    asked: List[Any] = []
+
+    def hanging_resolver(host: str, port: int, *args: Any) -> Any:
+        asked.append((host, port))
+        release.wait(30)  # a resolver that never answers, as a dead nameserver does
+        raise OSError("released")
+
+    http = HttpSender(Target("http://falcon.example:1988/v1/push", 0.5, 20.0), resolve=hanging_resolver)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Unreachable, match=r"cannot resolve 'falcon.example' within 0\.5 s"):
+            http.send(b"[]", 0, budget=10)
+        assert time.monotonic() - started < 0.5 + 1.0
+        assert asked == [("falcon.example", 1988)]
+    finally:
+        release.set()
+
+
+def test_a_name_the_resolver_refuses_is_an_outage() -> None:
+    import socket
+
+    def refusing(host: str, port: int, *args: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(Unreachable, match="cannot resolve 'falcon.example': Name or service not known"):
+        HttpSender(Target("https://falcon.example/v1/push"), resolve=refusing).send(b"[]", 0, budget=10)
+
+
+def test_an_endless_reply_is_read_no_further_than_the_cap() -> None:
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    written: List[int] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4294967296\r\n\r\n")
+            chunk = b"x" * 65536
+            try:
+                while sum(written) < 2**30:  # 1 GiB at most, should the cap not hold
+                    conn.sendall(chunk)
+                    written.append(len(chunk))
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        reply = sender(f"http://127.0.0.1:{port}/api/push").send(b"[]", 0, 10)
+    finally:
+        listener.close()
+    thread.join(10)
+    assert reply.kind == "other" and reply.message.startswith("xxx")
+    # The sender stopped reading at MAX_REPLY: the server could only fill the socket buffers.
+    assert sum(written) < 64 * 2**20, sum(written)
+
+
 # -- delivery: outages, order, bounds -------------------------------------------------------
 
 
