@@ -95,7 +95,7 @@ def start_holders(cli: docker.DockerClient, k: int, sockets: int) -> List[Any]:
 def rounds(n: int, workdir: str, dockerd: int, phase: str) -> Dict[str, List[Run]]:
     base = tool_command()
     runs: Dict[str, List[Run]] = {name: [] for name in COMMANDS}
-    for name, extra in COMMANDS.items():  # warm the page cache and .pyc files
+    for extra in COMMANDS.values():  # warm the page cache and .pyc files
         timed(base + extra, dockerd, os.devnull)
     for r in range(n):
         order = list(COMMANDS) if r % 2 == 0 else list(reversed(COMMANDS))

@@ -285,7 +285,7 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
     commands = {**commands, **(STARTUP if startup else {}), **IDLE}
     log(f"N={n}: letting traffic run for {settle:.0f} s")
     time.sleep(settle)
-    for name, command in commands.items():  # warm the page cache and .pyc files
+    for command in commands.values():  # warm the page cache and .pyc files
         timed(command, dockerd, os.devnull)
     load_before, table_before = _loadavg(), tcp_table()
     names = list(commands)

@@ -195,11 +195,11 @@ def _snapshot(settings: Settings, deadline: Deadline) -> "Tuple[discovery.Backen
         backend = run.choose_backend(settings, os.environ, deadline)
         snapshot, scopes = run.take_snapshot(settings, backend, deadline)
     except OutOfTime as err:
-        raise _fail(EXIT_PARTIAL, f"{err}: no container was read")
+        raise _fail(EXIT_PARTIAL, f"{err}: no container was read") from err
     except DockerUnavailable as err:
-        raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {redact(backend.where)}: {err}")
+        raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {redact(backend.where)}: {err}") from err
     except ContainerNetstatError as err:
-        raise _fail(EXIT_PARTIAL, f"cannot read the host's /proc: {err}")
+        raise _fail(EXIT_PARTIAL, f"cannot read the host's /proc: {err}") from err
     return backend, snapshot, scopes
 
 
@@ -434,7 +434,7 @@ def _emit(chosen: "List[Output]", samples: "List[Any]", items: "List[Any]", coll
         for output in chosen:
             output.emit(samples, items, collected_at)
     except TextfileError as err:
-        raise _fail(EXIT_LOST, f"{err} (see --textfile)")
+        raise _fail(EXIT_LOST, f"{err} (see --textfile)") from err
 
 
 def _locked_spool(directory: Optional[str], max_age: int, max_bytes: int) -> "Spool":
@@ -447,9 +447,9 @@ def _locked_spool(directory: Optional[str], max_age: int, max_bytes: int) -> "Sp
         spool.open()
         spool.lock()
     except SpoolBusy as err:
-        raise _fail(EXIT_LOCKED, f"{err}: another run is in progress, this one did nothing")
+        raise _fail(EXIT_LOCKED, f"{err}: another run is in progress, this one did nothing") from err
     except SpoolError as err:
-        raise _fail(EXIT_USAGE, f"{err} (see --spool-dir)")
+        raise _fail(EXIT_USAGE, f"{err} (see --spool-dir)") from err
     return spool
 
 
@@ -492,7 +492,7 @@ def doctor(given: Settings, output_format: str, log_level: str) -> None:
     try:
         version = backend.version()
     except DockerUnavailable as err:
-        raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {where}: {err}")
+        raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {where}: {err}") from err
     data = doctoring.report(snapshot, scopes, {"runtime": backend.name, "host": where, **version}, unavailable)
     if output_format == "json":
         click.echo(json.dumps(data, indent=2))

@@ -19,7 +19,6 @@ states only; namespaces the run's deadline did not leave time for are listed as 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections import Counter
@@ -226,6 +225,12 @@ class _Pool:
                 return
 
 
+def _read_netns_of(proc: ProcFS, groups: AbstractSet[str], tcp: Optional[TcpReader], deadline: Optional[Deadline],
+                   name: str, still_ours: Optional[Callable[[int], bool]], pid: int) -> Readings:
+    """``read_netns`` with the pid last, for a ``partial`` made once per container."""
+    return read_netns(proc, pid, groups, tcp, deadline, name, still_ours)
+
+
 T = TypeVar("T")
 
 
@@ -367,10 +372,10 @@ def read_namespaces(
             owner = _pick_owner([c for c, _ in entries])
             members = [c for c, _ in entries] + [j for c, _ in entries for j in joiners.get(c.id, [])]
             for container, pid in sorted(entries, key=lambda e: e[0] is not owner):
-                ours = (lambda p, c=container: still_ours(c, p)) if still_ours is not None else None
+                ours = partial(still_ours, container) if still_ours is not None else None
                 try:
                     pid, readings = resolve_again(
-                        container, pid, lambda p: read_netns(proc, p, groups, tcp, deadline, owner.name, ours))
+                        container, pid, partial(_read_netns_of, proc, groups, tcp, deadline, owner.name, ours))
                 except ProcessGone:
                     continue  # another member may still be there
                 except HomeLost:

@@ -35,4 +35,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+# The type check (strict, setup.cfg) and the linter (pyproject.toml) are part of the suite: a
+# finding fails it, as a failing test does.
+"$VENV/bin/python" -m mypy container_netstat
+"$VENV/bin/python" -m ruff check container_netstat tests benchmarks
 exec "$VENV/bin/python" -m pytest "$@"

@@ -7,6 +7,7 @@ skipping them: `scripts/test.sh` (and so `.ci/run`) starts one.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -81,3 +82,18 @@ def in_netns(pid: int, code: str, background: bool = False) -> Any:
     if background:
         return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(args, check=True, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def alarm() -> Iterator[None]:
+    """Fail instead of hanging if a fifo is ever opened for reading."""
+
+    def hung(signum: int, frame: Any) -> None:
+        raise TimeoutError("blocked on a file (a fifo?) it should never have opened")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+

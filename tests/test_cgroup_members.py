@@ -87,7 +87,8 @@ def test_v2_is_preferred_and_a_hybrid_host_has_it_under_unified(tmp_path: Path) 
 
 
 def test_unified_host_systemd_scope_with_sub_cgroups(tmp_path: Path) -> None:
-    rel = f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID.replace('-', '_')}.slice/cri-containerd-{ID}.scope"
+    pod_slice = f"kubepods-besteffort-pod{UID.replace('-', '_')}.slice"
+    rel = f"kubepods.slice/kubepods-besteffort.slice/{pod_slice}/cri-containerd-{ID}.scope"
     proc = fake_proc(tmp_path, {30: f"0::/{rel}/container\n"})
     cgroup_dir(tmp_path, rel, [])  # a v2 cgroup with children holds no process itself
     cgroup_dir(tmp_path, f"{rel}/container", [30, 31])

@@ -13,7 +13,6 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_spool_faults import alarm  # noqa: F401 - fails a read that would block on a fifo
 
 from container_netstat.hostfile import CAP, HostFiles
 from container_netstat.safedir import SafeDir, SafeDirError

@@ -63,8 +63,10 @@ def test_samples_of_a_group() -> None:
     assert not failed
     pod = values(samples, INGRESS)
     assert (pod["hostnet.tcp.inuse"], pod["hostnet.udp.inuse"]) == (3, 1)
-    assert (pod["hostnet.tcp.state.listen"], pod["hostnet.tcp.state.close_wait"], pod["hostnet.tcp.state.established"]) == (1, 1, 1)
-    assert (pod["hostnet.tcp.listen.queue_max"], pod["hostnet.tcp.listen.fill_max_pct"], pod["hostnet.tcp.listen.near_full"]) == (3, 75, 0)
+    states = ("listen", "close_wait", "established")
+    assert tuple(pod[f"hostnet.tcp.state.{s}"] for s in states) == (1, 1, 1)
+    listen = ("queue_max", "fill_max_pct", "near_full")
+    assert tuple(pod[f"hostnet.tcp.listen.{f}"] for f in listen) == (3, 75, 0)
     assert pod["hostnet.tcp.ports.peer_max"] == 2  # the TIME_WAIT to the same remote is nobody's
     agent = values(samples, AGENT)
     assert "hostnet.tcp.listen.queue_max" not in agent  # no listener: left out, not 0

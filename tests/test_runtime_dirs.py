@@ -20,7 +20,6 @@ from container_netstat.runtime_dirs import Dirs, Flags, HostView
 from container_netstat.node_files import NodeFiles
 from container_netstat.procfs import ProcFS
 
-from test_spool_faults import alarm  # noqa: F401 - fails a read that would block on a fifo
 
 DOCKER_ID = "a" * 64
 CRIO_ID = "d" * 64
@@ -272,8 +271,8 @@ class Node:
         full.write_text(text)
         return full
 
-    def find(self, daemons: Dict[int, str], given: Dirs = Dirs()) -> Dirs:
-        return runtime_dirs.find(str(self.root / "proc"), daemons, self.view, given)
+    def find(self, daemons: Dict[int, str], given: Optional[Dirs] = None) -> Dirs:
+        return runtime_dirs.find(str(self.root / "proc"), daemons, self.view, given or Dirs())
 
 
 @pytest.fixture
@@ -576,7 +575,7 @@ def test_planted_state_files_leave_the_container_unnamed(tmp_path: Path,
     (root / victim).mkdir(parents=True)
     (root / victim / "config.v2.json").write_text(json.dumps({"Name": "/victim", "Config": {"Labels": {"t": "v"}}}))
     ids = {"fifo": "1" * 64, "zero": "2" * 64, "link": "3" * 64, "huge": "4" * 64}
-    for how, cid in ids.items():
+    for cid in ids.values():
         (root / cid).mkdir()
     os.mkfifo(root / ids["fifo"] / "config.v2.json")
     (root / ids["zero"] / "config.v2.json").symlink_to("/dev/zero")

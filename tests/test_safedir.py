@@ -13,7 +13,6 @@ import pytest
 from container_netstat.errors import ContainerNetstatError
 from container_netstat.safedir import LINK_REFUSED, SafeDir, SafeDirError
 
-from test_spool_faults import alarm  # noqa: F401 - the fixture that fails a read of a fifo that would hang
 
 
 def names(path: Path) -> List[str]:

@@ -68,7 +68,8 @@ def test_legacy_dump_listeners_equal_ss_ltn() -> None:
 
 def test_one_legacy_walk_equals_the_v2_pair() -> None:
     legacy = sorted(sockdiag.decode_all(parts("legacy"), port=RECORDED_PORT))
-    pair = sorted(sockdiag.decode_all(parts("v2-inet"), port=RECORDED_PORT) + sockdiag.decode_all(parts("v2-inet6"), port=RECORDED_PORT))
+    pair = sorted(sockdiag.decode_all(parts("v2-inet"), port=RECORDED_PORT)
+                  + sockdiag.decode_all(parts("v2-inet6"), port=RECORDED_PORT))
     assert legacy == pair
 
 

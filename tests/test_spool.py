@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
@@ -37,8 +37,8 @@ def items(timestamp: int, n: int = 3) -> List[Dict[str, Any]]:
     ]
 
 
-def opened(path: Path, bounds: Bounds = Bounds(), now: int = NOW) -> Spool:
-    spool = Spool(path, bounds, clock=lambda: float(now))
+def opened(path: Path, bounds: Optional[Bounds] = None, now: int = NOW) -> Spool:
+    spool = Spool(path, bounds or Bounds(), clock=lambda: float(now))
     spool.open()
     return spool
 

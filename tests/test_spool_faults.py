@@ -10,7 +10,6 @@ import gzip
 import json
 import logging
 import os
-import signal
 import stat
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -62,20 +61,6 @@ def warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
     caplog.set_level(logging.INFO, logger="container_netstat")
     yield caplog
     logger.propagate = propagate
-
-
-@pytest.fixture
-def alarm() -> Iterator[None]:
-    """Fail instead of hanging if a fifo is ever opened for reading."""
-
-    def hung(signum: int, frame: Any) -> None:
-        raise TimeoutError("the spool blocked on a file it should never have opened")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 # -- symbolic links ---------------------------------------------------------------------------

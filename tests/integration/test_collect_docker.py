@@ -71,15 +71,6 @@ def ss_count(pid: int, state: str) -> int:
     return len(out.splitlines())
 
 
-@pytest.fixture
-def holders() -> Any:
-    procs: List[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
 def test_server_with_n_clients_timewait_and_udp(run_container: Any, holders: List[Any]) -> None:
     n, m = 7, 5
     server = run_container(name="server", network_mode="none")

@@ -107,15 +107,6 @@ def pods() -> Iterator[Pods]:
     made.remove()
 
 
-@pytest.fixture
-def holders() -> Iterator[List[subprocess.Popen]]:
-    procs: List[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
 def collect(*args: str) -> Tuple[Dict[str, Dict[str, int]], str]:
     result = subprocess.run([sys.executable, "-m", "container_netstat", "collect", "--dry-run",
                              "--runtime", "proc", *args], capture_output=True, text=True, timeout=120)

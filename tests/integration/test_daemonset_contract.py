@@ -143,15 +143,6 @@ def deployed(image: str) -> Iterator[List[str]]:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
 
 
-@pytest.fixture
-def holders() -> Iterator[List[subprocess.Popen]]:
-    procs: List[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
 def ss_established(pid: int) -> int:
     out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ss", "-Htan", "state", "established"],
                          capture_output=True, text=True, check=True).stdout

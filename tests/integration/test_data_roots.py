@@ -118,15 +118,6 @@ def docker_by_config() -> Iterator[PrivateDocker]:
     yield from _start("config", "cnt-dr1")
 
 
-@pytest.fixture
-def holders() -> Iterator[List["subprocess.Popen[str]"]]:
-    procs: List["subprocess.Popen[str]"] = []
-    yield procs
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
 def collect(*args: str) -> Tuple[Dict[str, Dict[str, int]], str]:
     result = subprocess.run([sys.executable, "-m", "container_netstat", "collect", "--dry-run", "--runtime", "proc",
                              "--log-level", "debug", *args], capture_output=True, text=True, timeout=120)

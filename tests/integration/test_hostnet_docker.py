@@ -35,7 +35,6 @@ from container_netstat.procfs import ProcFS
 
 from conftest import TEST_LABEL, pid_of
 from integration.test_collect_docker import by_tags, run_cli
-from integration.test_least_privilege import docker_group_user  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.docker
 

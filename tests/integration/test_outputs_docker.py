@@ -119,10 +119,10 @@ class NodeExporter:
             try:
                 self.scrape()
                 return
-            except OSError:
+            except OSError as err:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise AssertionError(f"node_exporter did not start: {self.log.read_text()}")
+                    raise AssertionError(f"node_exporter did not start: {self.log.read_text()}") from err
                 time.sleep(0.1)
 
     def scrape(self) -> str:

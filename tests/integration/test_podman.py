@@ -108,15 +108,6 @@ def ss_count(pid: int, *filters: str) -> int:
     return len(out.splitlines())
 
 
-@pytest.fixture
-def holders() -> Iterator[List[subprocess.Popen]]:
-    procs: List[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
 def test_podman_values_equal_docker_values_for_the_same_workload(
     podman_socket: str, podman_run: Any, run_container: Any, holders: List[subprocess.Popen]
 ) -> None:

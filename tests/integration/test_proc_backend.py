@@ -41,15 +41,6 @@ def comparable(items: List[Dict[str, Any]]) -> Dict[Tuple[str, str], Any]:
 
 
 @pytest.fixture
-def holders() -> Any:
-    procs: List[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
-@pytest.fixture
 def bridge(docker_client: Any) -> Any:
     """A bridge network of the test's own (docker0 may be missing on a busy test host)."""
     network = docker_client.networks.create(f"cnt-proc-{id(docker_client) % 100000}", driver="bridge",

@@ -44,15 +44,6 @@ for _ in range({k}):
 """
 
 
-@pytest.fixture
-def holders() -> Any:
-    procs: List[Any] = []
-    yield procs
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
 def _pod(run_container: Any, name: str) -> Any:
     labels = {"io.kubernetes.pod.name": name, "io.kubernetes.pod.namespace": "prod",
               "io.kubernetes.pod.uid": "9e1c7f1a-0000-4000-8000-000000000001"}
