@@ -250,7 +250,7 @@ HOST_METRICS: Tuple[Metric, ...] = (
 COLLECTOR_METRICS = (
     ("collector.containers", "running containers listed by the runtime"),
     ("collector.namespaces", "container network namespaces reported"),
-    ("collector.failed", "running containers that could not be read"),
+    ("collector.failed", "running containers that could not be read, or not before the run's deadline"),
 )
 
 
@@ -315,6 +315,6 @@ def snapshot_samples(
     if HOSTNET in groups and snapshot.hostnet is not None:
         for stats in snapshot.hostnet.groups:
             samples += hostnet_samples(stats)
-    counts = (snapshot.containers, reported, len(failed))
+    counts = (snapshot.containers, reported, len(failed) + len(snapshot.late))
     samples += [Sample(PREFIX + name, value, GAUGE) for (name, _), value in zip(COLLECTOR_METRICS, counts)]
     return samples, tuple(failed)

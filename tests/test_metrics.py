@@ -204,3 +204,12 @@ def test_tcp_states_and_per_namespace_orphans() -> None:
     assert values["tcp.state.listen"] == 1
     assert values["tcp.orphan"] == 2  # the closed clients' FIN_WAIT2 sockets
     assert len(values) == 12
+
+
+def test_containers_not_read_before_the_deadline_count_as_failed() -> None:
+    good = _ns("linux-6.18-server")
+    snap = Snapshot(_host("linux-6.18-host", "6.18"), (good,), 4, (), (("x", "unreadable"),), (), late=("l1", "l2"))
+    samples, failed = metrics.snapshot_samples(snap, kernel_scopes.field_scopes("6.18"), BASIC_COUNTERS)
+    values = {(s.metric, s.tags): s.value for s in samples}
+    assert values[("container.net.collector.failed", ())] == 3
+    assert [name for name, _ in failed] == ["x"]  # the exit code counts late containers on its own (cli.py)
