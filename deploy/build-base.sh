@@ -17,11 +17,12 @@ host_mirror() {
     [ -r "$f" ] || continue
     awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f"
   done | head -n 1
-  [ -r /etc/apt/sources.list ] &&
+  if [ -r /etc/apt/sources.list ]; then
     awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; exit } }' \
-      /etc/apt/sources.list | head -n 1
+      /etc/apt/sources.list
+  fi
 }
-MIRROR=${DEBIAN_MIRROR:-$(host_mirror | head -n 1)}
+MIRROR=${DEBIAN_MIRROR:-$(host_mirror | head -n 1 || true)}
 if [ -z "$MIRROR" ]; then
   echo "build-base: no Debian archive in this host's apt sources; set DEBIAN_MIRROR" >&2
   exit 2
