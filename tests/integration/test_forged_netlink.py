@@ -27,7 +27,7 @@ from container_netstat import tcp_reader
 from container_netstat.deadline import Deadline
 from container_netstat.procfs import ProcFS
 from integration import workloads
-from integration.test_collect_docker import background, by_tags, collect_json, holders  # noqa: F401 - a fixture
+from integration.test_collect_docker import background, by_tags, collect_json
 from integration.test_states_docker import ss_figures
 
 pytestmark = pytest.mark.docker

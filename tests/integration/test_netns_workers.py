@@ -19,7 +19,7 @@ from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
 from container_netstat.records import Container, Snapshot
 from integration import workloads
-from integration.test_collect_docker import background, holders  # noqa: F401 - a fixture
+from integration.test_collect_docker import background
 from integration.test_states_docker import ss_figures
 
 pytestmark = pytest.mark.docker

@@ -29,7 +29,6 @@ from container_netstat.metrics import GAUGE, NETNS_METRICS
 from container_netstat.pids import PidResolver
 from container_netstat.procfs import ProcFS
 from integration.test_collect_docker import background, by_tags, collect_json
-from integration.test_least_privilege import docker_group_user  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.docker
 
