@@ -46,10 +46,12 @@ line is read only when all of these hold, checked under the proc root:
   numbers of their /proc/[pid]/ns/xxx symbolic links are the same", namespaces(7)). Reading
   them needs ptrace read access to both processes (``proc_ns_get_link`` in the kernel's
   fs/proc/namespaces.c, ``PTRACE_MODE_READ_FSCREDS``): root with ``CAP_SYS_PTRACE``. Where
-  pid 1's cannot be read (a supervisor holding capabilities this process lacks), this
-  process's own namespaces stand for the host's: they are, where it runs from cron or
-  systemd, and in a pod of its own they match no daemon, which is then refused. Where a
-  daemon's cannot be read, it is refused and that is said once;
+  pid 1's cannot be read (a supervisor holding capabilities this process lacks), kthreadd's
+  stand for them: kernel threads keep the initial namespaces (``init_nsproxy``,
+  kernel/kthread.c), which are the host's. Where neither can be read, this process's own
+  do: they are the host's under cron (systemd's sandboxing gives a unit a mount namespace
+  of its own, where kthreadd is the way), and in a pod of its own they match no daemon,
+  which is then refused. Where a daemon's cannot be read, it is refused and that is said once;
 - no line of its ``/proc/<pid>/cgroup`` has a component that names a container (a 64-hex id)
   or ``conmon``: a host's daemon runs in a service's or a slice's cgroup.
 
@@ -492,6 +494,7 @@ class _Reader:
 
 
 _NAMESPACES = ("mnt", "pid")
+KTHREADD_PID = 2  # the kernel's second task (init/main.c rest_init)
 _NAMES_A_CONTAINER = re.compile(r"[0-9a-f]{64}|conmon")
 
 
@@ -532,14 +535,29 @@ class HostProcesses:
                         "needed): its directories are not taken, the runtimes' files and defaults are",
                         who, self.proc_root, err.strerror or err)
 
+    def _is_kthreadd(self, pid: int) -> bool:
+        """The kernel's thread spawner: a kernel thread (``Kthread: 1``, since 6.1; else no
+        parent) named kthreadd. Nothing in a container can be it."""
+        status = self.files.text(os.path.join(self.proc_root, str(pid), "status"))
+        if not status:
+            return False
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        kernel = fields.get("Kthread", "").strip() == "1" or fields.get("PPid", "").strip() == "0"
+        return fields.get("Name", "").strip() == "kthreadd" and kernel
+
     def _reference(self) -> Optional[Tuple[Tuple[int, int], ...]]:
         """The host's namespaces: pid 1's, else (a pid 1 with capabilities this process lacks
-        is out of its ptrace reach) this process's own, which are the host's when it runs there
-        (cron, systemd); None if neither can be read."""
+        is out of its ptrace reach) kthreadd's, else this process's own (the module
+        docstring); None if none can be read."""
         try:
             return self._namespaces(1)
         except OSError as err:
             first = err
+        if self._is_kthreadd(KTHREADD_PID):
+            try:
+                return self._namespaces(KTHREADD_PID)
+            except OSError:
+                pass
         try:
             own = self._namespaces("self")  # this process, as the proc root's pid namespace sees it
         except OSError:

@@ -524,6 +524,30 @@ def test_without_pid_1s_namespaces_the_tools_own_stand_for_the_hosts(node: Node)
     assert node.find({host: "dockerd", contained: "dockerd"}).docker == ("/host/docker",)
 
 
+@pytest.mark.parametrize("kthreadd, believed", [
+    ("Name:\tkthreadd\nPPid:\t0\nKthread:\t1\n", ("/host/docker",)),
+    # A process calling itself kthreadd is not the kernel's: no reference, no daemon believed.
+    ("Name:\tkthreadd\nPPid:\t1\nKthread:\t0\n", ("/var/lib/docker",)),
+])
+def test_without_pid_1s_namespaces_kthreadds_stand_for_the_hosts(node: Node, kthreadd: str,
+                                                                  believed: Tuple[str, ...]) -> None:
+    """A pid 1 out of ptrace reach, and the tool in a mount namespace of its own (systemd's
+    sandbox): kthreadd keeps the initial namespaces, so it is the reference."""
+    host = node.daemon(812, "dockerd", "--data-root", "/host/docker")
+    ns = node.root / "proc" / "1" / "ns"
+    (node.root / "proc" / "2").mkdir()
+    (node.root / "proc" / "2" / "status").write_text(kthreadd)
+    ns.rename(node.root / "proc" / "2" / "ns")
+    for kind in ("mnt", "pid"):
+        link = node.root / "proc" / str(host) / "ns" / kind
+        link.unlink()
+        link.symlink_to(node.root / "proc" / "2" / "ns" / kind)
+    (node.root / "proc" / "self" / "ns").mkdir(parents=True)  # the tool's own: a private mount namespace
+    for kind in ("mnt", "pid"):
+        (node.root / "proc" / "self" / "ns" / kind).write_text("")
+    assert node.find({host: "dockerd"}).docker == believed
+
+
 def warnings_of(caplog: pytest.LogCaptureFixture) -> List[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
