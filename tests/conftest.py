@@ -71,6 +71,30 @@ def run_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
             pass
 
 
+def container_starter(docker_client: Any, run_id: str, started: List[Any]) -> Callable[..., Any]:
+    """``run(name, **kwargs)``: a container of the test image running ``sleep``, labelled with
+    ``run_id`` and named after it, appended to ``started`` (which the caller removes)."""
+
+    def run(name: str, **kwargs: Any) -> Any:
+        labels = {TEST_LABEL: run_id, **kwargs.pop("labels", {})}
+        container = docker_client.containers.run(IMAGE, ["sh", "-c", "sleep 100000"], name=f"cnt-{run_id}-{name}",
+                                                 detach=True, labels=labels, **kwargs)
+        started.append(container)
+        container.reload()
+        return container
+
+    return run
+
+
+def remove_all(containers: List[Any]) -> None:
+    """Remove the containers a test started; one already gone is fine."""
+    for container in containers:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
 def pid_of(container: Any) -> int:
     container.reload()
     return int(container.attrs["State"]["Pid"])

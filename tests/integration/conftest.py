@@ -15,6 +15,14 @@ import pytest
 
 import container_netstat
 from conftest import unavailable
+from receiver import Receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """The project's falcon-agent and transfer stand-in on 127.0.0.1 (tests/receiver.py)."""
+    with Receiver() as server:
+        yield server
 
 
 @pytest.fixture

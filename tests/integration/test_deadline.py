@@ -44,11 +44,6 @@ def docker_up(docker_client: Any) -> None:
     """Every run here collects from the real daemon."""
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as server:
-        yield server
-
 
 @pytest.fixture
 def container(run_container: Any) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from conftest import IMAGE, TEST_LABEL
+from conftest import IMAGE, TEST_LABEL, remove_all
 from container_netstat import units
 from container_netstat.spool import Bounds
 
@@ -90,11 +90,7 @@ def fleet(docker_client: Any) -> Iterator[Dict[str, Any]]:
                 time.sleep(0.2)
         yield {"run_id": run_id, "names": {c.name: c.labels["figures-role"].split("-")[0] for c in started}}
     finally:
-        for container in started:
-            try:
-                container.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        remove_all(started)
 
 
 def items_per_namespace(fleet: Dict[str, Any], *args: str) -> Dict[str, Counter]:

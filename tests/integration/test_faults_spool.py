@@ -43,11 +43,6 @@ def docker_up(docker_client: Any) -> None:
     """Every run here collects from the real daemon."""
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as server:
-        yield server
-
 
 Mount = Callable[..., Callable[[], None]]
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from conftest import IMAGE, TEST_LABEL
+from conftest import IMAGE, TEST_LABEL, remove_all
 from receiver import AGENT, TRANSFER, Receiver
 
 pytestmark = pytest.mark.docker
@@ -63,11 +63,7 @@ def scene(docker_client: Any) -> Iterator[Dict[str, Any]]:
         assert len(started[2].labels) == MANY + 3 and len(started[0].labels["io.kubernetes.pod.name"]) == HUGE
         yield {"run_id": run_id, "pods": pods, "include": f"{TEST_LABEL}={run_id}"}
     finally:
-        for container in started:
-            try:
-                container.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        remove_all(started)
 
 
 def collect(*args: str) -> "subprocess.CompletedProcess[str]":

@@ -28,7 +28,7 @@ from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import IMAGE, TEST_LABEL, in_netns, pid_of, unavailable
+from conftest import TEST_LABEL, container_starter, in_netns, pid_of, remove_all, unavailable
 from integration.workloads import hold
 from receiver import AGENT, NIGHTINGALE, TRANSFER, Receiver, go_decode
 from test_alerts import rule_metric_names
@@ -169,13 +169,7 @@ def scene(docker_client: Any) -> Iterator[Dict[str, Any]]:
     started: List[Any] = []
     procs: List[subprocess.Popen] = []
 
-    def run(name: str, **kwargs: Any) -> Any:
-        labels = {TEST_LABEL: run_id, **kwargs.pop("labels", {})}
-        container = docker_client.containers.run(IMAGE, ["sh", "-c", "sleep 100000"], name=f"cnt-{run_id}-{name}",
-                                                 detach=True, labels=labels, **kwargs)
-        started.append(container)
-        container.reload()
-        return container
+    run = container_starter(docker_client, run_id, started)
 
     try:
         server = run("server", network_mode="none")
@@ -197,11 +191,7 @@ def scene(docker_client: Any) -> Iterator[Dict[str, Any]]:
         for proc in procs:
             proc.kill()
             proc.wait()
-        for container in started:
-            try:
-                container.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        remove_all(started)
 
 
 # -- Prometheus: node_exporter's textfile collector -----------------------------------------------

@@ -47,7 +47,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 import yaml
 
-from conftest import IMAGE, TEST_LABEL, pid_of, unavailable
+from conftest import TEST_LABEL, container_starter, pid_of, remove_all, unavailable
 from integration.test_outputs_docker import NodeExporter, background, free_port
 from integration.test_states_docker import FAN_OUT
 from integration.workloads import hold
@@ -231,13 +231,7 @@ def stack(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     procs: List[subprocess.Popen] = []
     stops: List[Callable[[], None]] = []
 
-    def run(name: str, **kwargs: Any) -> Any:
-        labels = {TEST_LABEL: run_id, **kwargs.pop("labels", {})}
-        container = docker_client.containers.run(IMAGE, ["sh", "-c", "sleep 100000"], name=f"cnt-{run_id}-{name}",
-                                                 detach=True, labels=labels, **kwargs)
-        started.append(container)
-        container.reload()
-        return container
+    run = container_starter(docker_client, run_id, started)
 
     try:
         # The pod's name is the tenant's: template syntax in it must come out as text, never run.
@@ -277,11 +271,7 @@ def stack(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         for proc in procs:
             proc.kill()
             proc.wait()
-        for container in started:
-            try:
-                container.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        remove_all(started)
 
 
 # -- the rules ---------------------------------------------------------------------------------

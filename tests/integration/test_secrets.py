@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 
@@ -26,11 +26,6 @@ ONLY_HOST = ("--include", "cnt-secrets-selects-no-container")
 def docker_up(docker_client: object) -> None:
     """The pushing runs collect from the real daemon first."""
 
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as server:
-        yield server
 
 
 def run(args: List[str], env: Dict[str, str]) -> "subprocess.CompletedProcess[str]":
