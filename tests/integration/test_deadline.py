@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import random
 import socket
 import stat
 import subprocess
@@ -137,7 +138,7 @@ def test_an_agent_dripping_only_its_name_costs_the_lookup_not_the_run(
 class SilentNameserver:
     """A UDP socket on port 53 of a loopback address that reads queries and never answers."""
 
-    def __init__(self, address: str = "127.0.0.153") -> None:
+    def __init__(self, address: str) -> None:
         self.address = address
         self.queries: List[bytes] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -168,10 +169,12 @@ def silent_resolver(tmp_path: Path) -> Iterator[Tuple[SilentNameserver, Tuple[st
     """(the nameserver, a command prefix that runs a process with it as its only resolver)."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         unavailable("a private resolv.conf needs root and unshare (util-linux)")
+    # An address of the loopback range of its own, so that two test runs on one machine never meet.
+    address = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
     try:
-        server = SilentNameserver()
+        server = SilentNameserver(address)
     except OSError as err:
-        unavailable(f"cannot listen on 127.0.0.153:53: {err}")
+        unavailable(f"cannot listen on {address}:53: {err}")
     conf = tmp_path / "resolv.conf"
     conf.write_text(f"nameserver {server.address}\noptions timeout:30 attempts:3\n")
     # The bind mount lives only in the new mount namespace: the host's resolv.conf is untouched.
