@@ -228,8 +228,9 @@ def _snapshot(settings: Settings, deadline: Deadline) -> "Tuple[discovery.Backen
               "By default states are left out where sock_diag cannot be used (no CAP_SYS_ADMIN): "
               "/proc/<pid>/net/tcp{,6} would cost 4-12x a run without them.")
 @click.option("--hostnet-fd-cap", type=click.IntRange(min=1), default=65536, show_default=True, metavar="N",
-              help="hostnet group: a host-network container or pod with a process holding more open fds "
-              "than this is left out of the run, with a warning naming the process.")
+              help="hostnet group: open file descriptors read in one run, over all host-network "
+              "containers and their processes. When the budget runs out, the container being read and "
+              "those not read yet are left out of the run (never counted in part), with one warning naming them.")
 @click.option("--tcp-states", is_flag=True,
               help="Add the states group even where only /proc/<pid>/net/tcp{,6} can give it.")
 @click.option("--include", multiple=True, metavar="PATTERN",
