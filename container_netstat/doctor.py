@@ -118,6 +118,8 @@ def report(snapshot: Snapshot, scopes: Mapping[str, str], docker: Mapping[str, A
         "hostnet": host_network(snapshot),
         "exited_during_run": list(snapshot.gone),
         "unreadable": [{"container": name, "reason": reason} for name, reason in snapshot.failed],
+        # Where the falcon-agent's transfer is and whether it answers Transfer.Ping (transfer.py).
+        "transfer": __import__("container_netstat.transfer").transfer.describe(),
     }
 
 
