@@ -177,7 +177,7 @@ def config_flag(argv: Sequence[str]) -> str:
 
 def ping_request(seq: int) -> bytes:
     """One Transfer.Ping call in net/rpc/jsonrpc's request form; NullRpcRequest is ``{}``."""
-    return json.dumps({"method": PING_METHOD, "params": [{}], "id": seq}).encode() + b"\n"
+    return json.dumps({"method": PING_METHOD, "params": [{}], "id": seq}, separators=(",", ":")).encode() + b"\n"
 
 
 def parse_reply(line: bytes, seq: int) -> Optional[str]:

@@ -36,8 +36,9 @@ transfer's ``modules/transfer/receiver/rpc/rpc.go`` serves it: one JSON object p
 same connection. ``Transfer.Ping`` answers ``{"code":0}``; ``Transfer.Update`` runs transfer's
 checks and answers ``TransferResponse`` (``{"Message":"ok","Total":n,"Invalid":k,"Latency":0}``)
 and records the items; an unknown method gets Go's ``rpc: can't find method``. ``down()``/``up()``
-(refused, same port), ``silent()`` (accepts, never answers), ``drip(interval)``, ``answer(line)``
-(a fixed line instead). With ``Receiver(transfer=...)``, the agent stand-in forwards each
+(refused, same port), ``silent()`` (accepts, never answers), ``drip(interval)``, ``answer(line, close)``
+(a fixed line instead, then hang up if ``close``), ``stop_after(pings)`` (answers that many
+Pings, then stops: transfer dying between two questions). With ``Receiver(transfer=...)``, the agent stand-in forwards each
 decoded push to it by a real ``Transfer.Update`` call before answering, and answers
 ``success`` whatever came of it, as ``modules/agent/http/push.go`` does.
 
@@ -264,6 +265,8 @@ class TransferRpc:
         self.mode = "ok"  # ok, silent, drip, answer
         self.drip_interval = 1.0
         self.line = b""
+        self.close_after = False
+        self.pings_left: Optional[int] = None
         self._lock = threading.Lock()
         self._listener: Optional[socket.socket] = None
         self._connections: Set[socket.socket] = set()
@@ -311,14 +314,18 @@ class TransferRpc:
     def ok(self) -> None:
         self.mode = "ok"
 
+    def stop_after(self, pings: int) -> None:
+        self.pings_left = pings
+
     def silent(self) -> None:
         self.mode = "silent"
 
     def drip(self, interval: float = 1.0) -> None:
         self.mode, self.drip_interval = "drip", interval
 
-    def answer(self, line: bytes) -> None:
-        self.mode, self.line = "answer", line
+    def answer(self, line: bytes, close: bool = False) -> None:
+        """Send ``line`` to every call instead of an answer; with ``close``, then hang up."""
+        self.mode, self.line, self.close_after = "answer", line, close
 
     def items(self) -> List[Dict[str, Any]]:
         with self._lock:
@@ -375,12 +382,19 @@ class TransferRpc:
             return False
         if self.mode == "answer":
             conn.sendall(self.line)
-            return True
+            return not self.close_after
         params = request.get("params") if isinstance(request, dict) else None
         result: Any = None
         error: Optional[str] = None
         if method == "Transfer.Ping":
             result = {"code": 0}
+            if self.pings_left is not None:
+                self.pings_left -= 1
+                if self.pings_left <= 0:
+                    self.pings_left = None
+                    conn.sendall(_rpc_answer(seq, result, None))
+                    threading.Thread(target=self.stop, daemon=True).start()
+                    return False
         elif method == "Transfer.Update" and isinstance(params, list) and len(params) == 1:
             try:
                 items = go_decode(json.dumps(params[0]).encode())
@@ -393,7 +407,7 @@ class TransferRpc:
                 result = {"Message": "ok", "Total": len(items), "Invalid": invalid, "Latency": 0}
         else:
             error = f"rpc: can't find method {method}"
-        line = (json.dumps({"id": seq, "result": result, "error": error}) + "\n").encode()
+        line = _rpc_answer(seq, result, error)
         if self.mode == "drip":
             for byte in line:
                 if self._stopping.wait(self.drip_interval):
@@ -402,6 +416,11 @@ class TransferRpc:
             return True
         conn.sendall(line)
         return True
+
+
+def _rpc_answer(seq: Any, result: Any, error: Optional[str]) -> bytes:
+    """One answer as Go's jsonrpc server codec writes it: compact JSON, then a newline."""
+    return (json.dumps({"id": seq, "result": result, "error": error}, separators=(",", ":")) + "\n").encode()
 
 
 def forward(addr: str, items: List[Dict[str, Any]], timeout: float = 1.0) -> Optional[str]:
