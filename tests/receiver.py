@@ -393,7 +393,7 @@ class TransferRpc:
                 if self.pings_left <= 0:
                     self.pings_left = None
                     conn.sendall(_rpc_answer(seq, result, None))
-                    threading.Thread(target=self.stop, daemon=True).start()
+                    self.stop()  # before the caller can ask anything else
                     return False
         elif method == "Transfer.Update" and isinstance(params, list) and len(params) == 1:
             try:
