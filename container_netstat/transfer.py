@@ -61,6 +61,7 @@ PING_METHOD = "Transfer.Ping"
 READ_TIMEOUT = 2.0  # Ping does nothing (returns nil): an answer comes at once or not at all
 MAX_REPLY = 64 * 1024  # {"id":1,"result":{"code":0},"error":null} is 40 bytes
 MIN_BUDGET = 0.1
+MAX_NAMED = 3  # processes named in one line
 
 
 class TransferError(ContainerNetstatError):
@@ -270,7 +271,9 @@ def _from_running_agent(paths: HostPaths, files: HostFiles) -> Source:
             return found
         refused.append(found.reason)
     if refused:
-        return Source(reason="; ".join(refused))
+        # A tenant can name any number of its processes falcon-agent: the line names three.
+        more = f"; and {len(refused) - MAX_NAMED} more" if len(refused) > MAX_NAMED else ""
+        return Source(reason="; ".join(refused[:MAX_NAMED]) + more)
     return Source(reason=f"no falcon-agent process under {paths.proc_root}")
 
 

@@ -338,6 +338,17 @@ def test_a_process_that_is_not_the_hosts_is_not_believed(tmp_path: Path) -> None
     assert "evil" not in repr(source.addrs)
 
 
+def test_many_processes_named_falcon_agent_make_one_short_line(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    for pid in range(100, 150):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "comm").write_text("falcon-agent\n")
+        if os.geteuid() == 0:
+            os.chown(proc / str(pid), 1000, 1000)
+    source = transfer.learn(HostPaths(proc_root=str(proc)))
+    assert not source.learned and source.reason.count("falcon-agent") == 3 and "and 47 more" in source.reason
+
+
 # -- the check around a push -----------------------------------------------------------------
 
 
