@@ -53,6 +53,18 @@ DEFAULT_METRICS = ",".join(g for g in metrics.GROUPS if g in metrics.DEFAULT_GRO
 STATE_SORTS = ("close_wait", "listen_fill")  # table columns of the states group
 
 
+def _transfer_addrs(ctx: click.Context, param: click.Parameter, values: Tuple[str, ...]) -> Tuple[str, ...]:
+    """--transfer-addr HOST:PORT values, checked before any work is done."""
+    from container_netstat.transfer import TransferError, split_addr
+
+    for value in values:
+        try:
+            split_addr(value)
+        except TransferError as err:
+            raise click.BadParameter(str(err)) from err
+    return tuple(v.strip() for v in values)
+
+
 def _seconds(ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
         return units.parse_quantity(str(value), units.DURATION_UNITS)
@@ -257,6 +269,14 @@ def _snapshot(settings: Settings, deadline: Deadline) -> "Tuple[discovery.Backen
               "is not sent by the deadline is spooled for the next run (exit 5).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Items per request.")
+@click.option("--transfer-addr", multiple=True, metavar="HOST:PORT", callback=_transfer_addrs,
+              help="Where the falcon-agent forwards to: transfer's RPC address, asked (Transfer.Ping) before "
+              "and after a push to the agent, whose answer does not say whether transfer took the items. "
+              "Repeatable. Default: the transfer.addrs of --agent-config, else of the running falcon-agent's "
+              "configuration.")
+@click.option("--agent-config", metavar="PATH", default=None,
+              help="The falcon-agent's configuration file on the host (read under --host-root), for its "
+              "transfer.addrs. Default: the file the running falcon-agent was started with (-c).")
 @click.option("--spool-dir", type=click.Path(file_okay=False), default=None,
               help="Where undelivered batches wait (mode 0700); also holds the lock that keeps two runs "
               "apart. Default: /var/spool/container-netstat for root, else "
@@ -286,6 +306,8 @@ def collect(
     read_timeout: float,
     deadline: float,
     batch_size: int,
+    transfer_addr: Tuple[str, ...],
+    agent_config: Optional[str],
     spool_dir: Optional[str],
     spool_max_age: int,
     spool_max_bytes: int,
@@ -298,7 +320,8 @@ def collect(
     json, prometheus or table instead, --textfile writes it for node_exporter. The whole
     run ends by --deadline. Exit codes: 0 ok, 2 usage, 3 Docker unreachable (the spool is
     still replayed), 4 some containers could not be read, or were not read by the deadline,
-    5 not all delivered (the rest is spooled, also when the deadline cut the push short),
+    5 not all delivered (the rest is spooled, also when the deadline cut the push short, or
+    when no transfer answers behind the falcon-agent),
     6 refused by the receiver (a wrong URL's batches are kept), 7 another run in progress,
     8 items lost (or --textfile not written), 1 internal error.
     """
@@ -310,10 +333,12 @@ def collect(
     groups, states_asked = _groups(metric_groups, tcp_states, sort_by if printed == "table" else None)
     settings = dataclasses.replace(given, groups=frozenset(groups), states_asked=states_asked,
                                    include=include, exclude=exclude, fd_cap=hostnet_fd_cap)
-    delivery = Delivery(falcon_url, endpoint, step, connect_timeout, read_timeout, batch_size)
+    delivery = Delivery(falcon_url, endpoint, step, connect_timeout, read_timeout, batch_size,
+                        transfer_addrs=transfer_addr, agent_config=agent_config)
     if textfile is not None and not Path(textfile).parent.is_dir():
         raise click.BadParameter(f"{textfile}: no such directory", param_hint="--textfile")
-    chosen = _outputs(printed, textfile, sort_by, delivery, run_deadline, spool_dir, spool_max_age, spool_max_bytes)
+    chosen = _outputs(printed, textfile, sort_by, delivery, run_deadline, spool_dir, spool_max_age, spool_max_bytes,
+                      settings.paths)
     pushing = _pushing(chosen)
     # A run that pushes keeps a share of its time for the agent's name and the delivery.
     collect_by = run_deadline.earlier(deadline * DELIVERY_SHARE) if pushing is not None else run_deadline
@@ -386,7 +411,7 @@ def _groups(metric_groups: Optional[str], tcp_states: bool, table_sort: Optional
 
 
 def _outputs(printed: Optional[str], textfile: Optional[str], sort_by: str, delivery: Delivery, run_deadline: Deadline,
-             spool_dir: Optional[str], max_age: int, max_bytes: int) -> "List[Output]":
+             spool_dir: Optional[str], max_age: int, max_bytes: int, paths: Optional[HostPaths] = None) -> "List[Output]":
     """The outputs the options ask for: the textfile, then a printed format; else the push,
     which checks its URL and takes the spool's lock first."""
     from container_netstat import outputs
@@ -409,7 +434,7 @@ def _outputs(printed: Optional[str], textfile: Optional[str], sort_by: str, deli
     except push.UnusableUrl as err:
         raise click.BadParameter(str(err), param_hint="--falcon-url") from err
     spool = _locked_spool(spool_dir, max_age, max_bytes)
-    return [outputs.PushOutput(delivery, spool, run_deadline, redact(delivery.falcon_url))]
+    return [outputs.PushOutput(delivery, spool, run_deadline, redact(delivery.falcon_url), paths)]
 
 
 def _pushing(chosen: "List[Output]") -> "Optional[PushOutput]":
@@ -463,7 +488,7 @@ def _push_exit_code(outcome: "Outcome", partial: bool, docker_down: bool = False
         return EXIT_REJECTED
     if docker_down:
         return EXIT_DOCKER
-    if outcome.spooled_batches:
+    if outcome.spooled_batches or outcome.kept_batches:
         return EXIT_SPOOLED
     return EXIT_PARTIAL if partial else EXIT_OK
 
@@ -494,7 +519,10 @@ def doctor(given: Settings, output_format: str, log_level: str) -> None:
         version = backend.version()
     except DockerUnavailable as err:
         raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {where}: {err}") from err
-    data = doctoring.report(snapshot, scopes, {"runtime": backend.name, "host": where, **version}, unavailable)
+    from container_netstat import transfer
+
+    data = doctoring.report(snapshot, scopes, {"runtime": backend.name, "host": where, **version}, unavailable,
+                            transfer.describe(settings.paths))
     if output_format == "json":
         click.echo(json.dumps(data, indent=2))
     else:

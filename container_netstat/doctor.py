@@ -90,8 +90,9 @@ def tcp_states(snapshot: Snapshot, unavailable: Optional[str]) -> Dict[str, Any]
 
 
 def report(snapshot: Snapshot, scopes: Mapping[str, str], docker: Mapping[str, Any],
-           unavailable: Optional[str] = None) -> Dict[str, Any]:
-    """The doctor report as plain data (the CLI prints it as JSON or text)."""
+           unavailable: Optional[str] = None, transfer: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The doctor report as plain data (the CLI prints it as JSON or text). ``transfer``: where
+    the falcon-agent's transfer is and whether it answers Transfer.Ping (transfer.describe)."""
     namespaces: List[Dict[str, Any]] = [
         {
             "tags": ",".join(f"{k}={v}" for k, v in ns.tags),
@@ -118,6 +119,7 @@ def report(snapshot: Snapshot, scopes: Mapping[str, str], docker: Mapping[str, A
         "hostnet": host_network(snapshot),
         "exited_during_run": list(snapshot.gone),
         "unreadable": [{"container": name, "reason": reason} for name, reason in snapshot.failed],
+        "transfer": dict(transfer or {}),
     }
 
 
@@ -159,7 +161,20 @@ def format_text(data: Mapping[str, Any]) -> str:
         lines.append("could not read:")
         for entry in data["unreadable"]:
             lines.append(f"  {entry['container']}: {entry['reason']}")
+    lines += _transfer_text(data.get("transfer") or {})
     return "\n".join(lines)
+
+
+def _transfer_text(info: Mapping[str, Any]) -> List[str]:
+    """Where the falcon-agent's transfer was learned, and which address answers."""
+    if not info:
+        return []
+    lines = [f"transfer      {', '.join(info.get('addrs') or []) or '-'} (from {info.get('learned_from', '-')})"]
+    if "not_learned" in info:
+        lines.append(f"  {info['not_learned']}")
+    for ping in info.get("ping", []):
+        lines.append(f"  {ping['addr']}: {'answers' if ping['answers'] else ping['reason']}")
+    return lines
 
 
 def _host_network_text(info: Mapping[str, Any]) -> List[str]:

@@ -14,15 +14,21 @@ from typing import IO, TYPE_CHECKING, List, Optional, Protocol
 
 from container_netstat import falcon
 from container_netstat.records import Sample, Snapshot
-from container_netstat.settings import Delivery
+from container_netstat.settings import Delivery, HostPaths
 
 if TYPE_CHECKING:  # pragma: no cover
     from container_netstat.prometheus import RunHealth
     from container_netstat.deadline import Deadline
     from container_netstat.push import Outcome
     from container_netstat.spool import Spool
+    from container_netstat.transfer import Check
 
 log = logging.getLogger(__name__)
+
+# Seconds of the run's deadline a push to the falcon-agent leaves for asking transfer once
+# everything went: a transfer that answers does so in milliseconds, one that is away refuses
+# at once or lets this run out (transfer.py).
+CONFIRM_RESERVE = 1.5
 
 
 class Output(Protocol):
@@ -96,25 +102,49 @@ class TextfileOutput:
 class PushOutput:
     """The spool replayed oldest first, then this run's items, by the run's one deadline (cli.py).
 
-    ``outcome`` holds what the delivery did, for the exit code.
+    To the falcon-agent, whose ``success`` says nothing about transfer (transfer.py), transfer
+    is asked first: if none answers, every batch is spooled and nothing is sent; if none
+    answers after the push, what was sent is kept for the next run too. ``outcome`` holds what
+    the delivery did, for the exit code.
     """
 
     carries_items = True
 
-    def __init__(self, delivery: Delivery, spool: "Spool", deadline: "Deadline", where: str) -> None:
+    def __init__(self, delivery: Delivery, spool: "Spool", deadline: "Deadline", where: str,
+                 paths: Optional[HostPaths] = None) -> None:
         self.delivery, self.spool, self.deadline, self.where = delivery, spool, deadline, where
+        self.paths = paths or HostPaths()
         self.outcome: Optional["Outcome"] = None
 
     def emit(self, samples: List[Sample], items: List[falcon.Item], collected_at: int) -> None:
         from container_netstat import push
 
         d = self.delivery
+        check = self._check()
+        # Time kept back for asking transfer again once everything went.
+        until = self.deadline.earlier(CONFIRM_RESERVE) if check is not None and check.learned else self.deadline
+        why = check.before() if check is not None else None
+        if why is not None:
+            self.outcome = push.deliver(items, collected_at, push.Refusing(why), self.spool, d.batch_size,
+                                        until, where=self.where)
+            return
+        confirm = check.after if check is not None and check.learned else None
         sender = push.HttpSender(push.Target(d.falcon_url, d.connect_timeout, d.read_timeout))
         try:
             self.outcome = push.deliver(items, collected_at, sender, self.spool, d.batch_size,
-                                        self.deadline, where=self.where)
+                                        until, where=self.where, confirm=confirm)
         finally:
             sender.close()
+
+    def _check(self) -> "Optional[Check]":
+        """The transfer check, for a push to the falcon-agent's /v1/push only: transfer's own
+        /api/push reports what it took, and Nightingale is no agent."""
+        from container_netstat import agent, transfer
+
+        d = self.delivery
+        if agent.hostname_url(d.falcon_url) is None:
+            return None
+        return transfer.Check.learn(self.paths, d.transfer_addrs, d.agent_config, d.connect_timeout, self.deadline)
 
 
 def with_health(chosen: List[Output], snapshot: "Snapshot", started: float) -> None:

@@ -22,6 +22,12 @@ decode body``) says the payload is wrong: retrying cannot help, so it is reporte
 
 Order matters: graph drops a point not newer than the last it holds for a series, so spooled
 batches go first, oldest first, and once one cannot be delivered nothing newer is sent.
+
+Since the agent's ``success`` says nothing about transfer, a push to it can be confirmed
+(transfer.py asks transfer itself): ``deliver(confirm=...)`` asks once everything went, and
+if no transfer answers, what was just sent is kept for the next run, spooled batches included.
+A batch delivered twice is stored once: graph keeps one point per series and step and drops
+one that is not newer than the last it holds (``modules/graph/api/graph.go handleItems``).
 """
 
 from __future__ import annotations
@@ -151,6 +157,8 @@ class Outcome:
     wrong_address: int = 0  # requests answered with a redirect, 401, 403, 404 or 405
     dropped_batches: int = 0
     lost_items: int = 0
+    kept_batches: int = 0  # sent, but kept for the next run: the push was not confirmed
+    kept_items: int = 0
     failure: str = ""
 
 
@@ -296,6 +304,17 @@ class HttpSender:
             self._session.close()
 
 
+class Refusing:
+    """A sender that sends nothing: every batch is Unreachable for ``reason`` (no transfer
+    answers behind the agent), so deliver spools them all, oldest kept first."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def send(self, body: bytes, count: int, budget: float) -> Reply:
+        raise Unreachable(self.reason)
+
+
 def _describe(err: BaseException) -> str:
     """The innermost reason of a requests/urllib3 error, e.g. 'Connection refused'."""
     reason: BaseException = err
@@ -330,6 +349,11 @@ class _Run:
         # The spool's files as its one listing found them (Spool.tidy), kept up to date with
         # what this run removes, sets aside and writes.
         self.kept: List[Entry] = []
+        # With a confirmation to wait for: the spooled batches delivered, removed only once
+        # confirmed, and this run's batches sent, spooled if not.
+        self.confirming = False
+        self.unconfirmed: List[Tuple[Entry, int]] = []
+        self.sent: List[Tuple[int, List[Item]]] = []
 
     def add(self, key: str, amount: int = 1) -> None:
         self.tally[key] = self.tally.get(key, 0) + amount
@@ -382,9 +406,15 @@ def deliver(
     batch_size: int,
     deadline: Deadline,
     where: str = "",
+    confirm: Optional[Callable[[], Optional[str]]] = None,
 ) -> Outcome:
-    """Replay the spool oldest first, then send this run's items; spool what could not go."""
+    """Replay the spool oldest first, then send this run's items; spool what could not go.
+
+    ``confirm``, when given, is asked once anything was delivered: None confirms it, a reason
+    keeps what was delivered (the spooled batches stay, this run's are spooled) and is the
+    run's failure."""
     run = _Run(sender, spool, deadline)
+    run.confirming = confirm is not None
     started = time.monotonic()
     blocked = False
     if _tidy(run):
@@ -406,8 +436,12 @@ def deliver(
                 run.add("sent_items", len(batch))
                 run.add("sent_batches")
                 run.note_invalid(reply, "a batch of this run")
+                if run.confirming:
+                    run.sent.append((index, batch))
                 continue
         _store(run, batch, timestamp, index)
+    if confirm is not None and (run.unconfirmed or run.sent):
+        _confirm(run, confirm, timestamp)
     if run.tally.get("spooled_batches"):
         _enforce(run)
     waiting = spool.size(run.kept)[0]
@@ -468,17 +502,43 @@ def _replay(run: _Run) -> bool:
             _set_aside(run, entry, "rejected")
             run.add("rejected_items", len(items))
             continue
-        try:
-            run.spool.remove(entry)
-        except SpoolError as err:
-            # Sent twice at worst: graph keeps the first point of a minute and ignores a repeat.
-            log.error("spool: %s; it was delivered and will be sent again", err)
+        if run.confirming:
+            run.unconfirmed.append((entry, len(items)))
         else:
-            run.kept.remove(entry)
+            _forget(run, entry)
         run.add("replayed_items", len(items))
         run.add("replayed_batches")
         run.note_invalid(reply, f"spooled batch {entry.path.name}")
     return False
+
+
+def _forget(run: _Run, entry: Entry) -> None:
+    """Remove a delivered batch from the spool."""
+    try:
+        run.spool.remove(entry)
+    except SpoolError as err:
+        # Sent twice at worst: graph keeps the first point of a minute and ignores a repeat.
+        log.error("spool: %s; it was delivered and will be sent again", err)
+    else:
+        run.kept.remove(entry)
+
+
+def _confirm(run: _Run, confirm: Callable[[], Optional[str]], timestamp: int) -> None:
+    """Remove the replayed batches once ``confirm`` says they went on; else keep them, and
+    spool this run's sent batches after them, for the next run to send again."""
+    why = confirm()
+    if why is None:
+        for entry, _ in run.unconfirmed:
+            _forget(run, entry)
+        return
+    run.failure = why
+    for _, count in run.unconfirmed:
+        run.add("kept_batches")
+        run.add("kept_items", count)
+    for index, batch in run.sent:
+        _store(run, batch, timestamp, index)
+        run.add("kept_batches")
+        run.add("kept_items", len(batch))
 
 
 def _set_aside(run: _Run, entry: Entry, reason: str) -> None:

@@ -65,3 +65,7 @@ class Delivery:
     connect_timeout: float = Target.connect_timeout
     read_timeout: float = Target.read_timeout
     batch_size: int = 1000
+    # Where the falcon-agent's transfer is (transfer.py): --transfer-addr, else --agent-config,
+    # else the running agent's configuration.
+    transfer_addrs: Tuple[str, ...] = ()
+    agent_config: Optional[str] = None

@@ -30,6 +30,18 @@ status line and headers at once, then the body one byte every ``interval`` secon
 ``headers=True`` the status line and headers one byte at a time; for the push, the hostname
 lookup or both): a peer that never lets a per-recv timeout expire.
 
+Transfer's RPC port (``TransferRpc``): a real TCP server speaking Go's net/rpc JSON codec as
+transfer's ``modules/transfer/receiver/rpc/rpc.go`` serves it: one JSON object per request,
+``{"method","params":[arg],"id"}``, answered ``{"id","result","error"}`` and a newline on the
+same connection. ``Transfer.Ping`` answers ``{"code":0}``; ``Transfer.Update`` runs transfer's
+checks and answers ``TransferResponse`` (``{"Message":"ok","Total":n,"Invalid":k,"Latency":0}``)
+and records the items; an unknown method gets Go's ``rpc: can't find method``. ``down()``/``up()``
+(refused, same port), ``silent()`` (accepts, never answers), ``drip(interval)``, ``answer(line, close)``
+(a fixed line instead, then hang up if ``close``), ``stop_after(pings)`` (answers that many
+Pings, then stops: transfer dying between two questions). With ``Receiver(transfer=...)``, the agent stand-in forwards each
+decoded push to it by a real ``Transfer.Update`` call before answering, and answers
+``success`` whatever came of it, as ``modules/agent/http/push.go`` does.
+
 Run it by hand: ``python3 tests/receiver.py --port 1988`` prints each push's verdict.
 """
 
@@ -242,11 +254,202 @@ class _Hostname:
     drip_headers: bool = False
 
 
-class Receiver:
-    """The server, started in a thread on 127.0.0.1; ``pushes`` records every request."""
+class TransferRpc:
+    """Transfer's RPC port on 127.0.0.1 (the module docstring); ``updates`` records each
+    Transfer.Update's items, ``calls`` every method called."""
 
     def __init__(self, port: int = 0) -> None:
         self.port = port
+        self.calls: List[str] = []
+        self.updates: List[List[Dict[str, Any]]] = []
+        self.mode = "ok"  # ok, silent, drip, answer
+        self.drip_interval = 1.0
+        self.line = b""
+        self.close_after = False
+        self.pings_left: Optional[int] = None
+        self._lock = threading.Lock()
+        self._listener: Optional[socket.socket] = None
+        self._connections: Set[socket.socket] = set()
+        self._stopping = threading.Event()
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "TransferRpc":
+        self._stopping.clear()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listening socket and every connection: callers get refused or reset."""
+        self._stopping.set()
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+    down = stop
+
+    def up(self) -> None:
+        self.start()
+
+    def ok(self) -> None:
+        self.mode = "ok"
+
+    def stop_after(self, pings: int) -> None:
+        self.pings_left = pings
+
+    def silent(self) -> None:
+        self.mode = "silent"
+
+    def drip(self, interval: float = 1.0) -> None:
+        self.mode, self.drip_interval = "drip", interval
+
+    def answer(self, line: bytes, close: bool = False) -> None:
+        """Send ``line`` to every call instead of an answer; with ``close``, then hang up."""
+        self.mode, self.line, self.close_after = "answer", line, close
+
+    def items(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            return [item for batch in self.updates for item in batch]
+
+    def __enter__(self) -> "TransferRpc":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._connections.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        decoder = json.JSONDecoder()
+        buffer = ""
+        try:
+            while not self._stopping.is_set():
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk.decode("utf-8", "replace")
+                while True:
+                    text = buffer.lstrip()
+                    try:
+                        request, end = decoder.raw_decode(text)
+                    except ValueError:
+                        break  # an incomplete object: read on
+                    buffer = text[end:]
+                    if not self._reply(conn, request):
+                        return
+        except OSError:
+            return
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    def _reply(self, conn: socket.socket, request: Any) -> bool:
+        method = request.get("method") if isinstance(request, dict) else None
+        seq = request.get("id") if isinstance(request, dict) else None
+        with self._lock:
+            self.calls.append(str(method))
+        if self.mode == "silent":
+            self._stopping.wait(3600)
+            return False
+        if self.mode == "answer":
+            conn.sendall(self.line)
+            return not self.close_after
+        params = request.get("params") if isinstance(request, dict) else None
+        result: Any = None
+        error: Optional[str] = None
+        if method == "Transfer.Ping":
+            result = {"code": 0}
+            if self.pings_left is not None:
+                self.pings_left -= 1
+                if self.pings_left <= 0:
+                    self.pings_left = None
+                    conn.sendall(_rpc_answer(seq, result, None))
+                    self.stop()  # before the caller can ask anything else
+                    return False
+        elif method == "Transfer.Update" and isinstance(params, list) and len(params) == 1:
+            try:
+                items = go_decode(json.dumps(params[0]).encode())
+            except DecodeError as err:
+                error = f"json: {err}"
+            else:
+                invalid = sum(1 for item in items if transfer_verdict(item))
+                with self._lock:
+                    self.updates.append([i for i in items if i is not None and not transfer_verdict(i)])
+                result = {"Message": "ok", "Total": len(items), "Invalid": invalid, "Latency": 0}
+        else:
+            error = f"rpc: can't find method {method}"
+        line = _rpc_answer(seq, result, error)
+        if self.mode == "drip":
+            for byte in line:
+                if self._stopping.wait(self.drip_interval):
+                    return False
+                conn.sendall(bytes([byte]))
+            return True
+        conn.sendall(line)
+        return True
+
+
+def _rpc_answer(seq: Any, result: Any, error: Optional[str]) -> bytes:
+    """One answer as Go's jsonrpc server codec writes it: compact JSON, then a newline."""
+    return (json.dumps({"id": seq, "result": result, "error": error}, separators=(",", ":")) + "\n").encode()
+
+
+def forward(addr: str, items: List[Dict[str, Any]], timeout: float = 1.0) -> Optional[str]:
+    """One Transfer.Update call, as the agent's ``g.SendMetrics`` makes it: None if transfer
+    took the batch, else why not (the agent only logs it)."""
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall((json.dumps({"method": "Transfer.Update", "params": [items], "id": 0}) + "\n").encode())
+            data = b""
+            while b"\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return "connection closed"
+                data += chunk
+    except OSError as err:
+        return str(err)
+    answer = json.loads(data.split(b"\n", 1)[0])
+    return None if answer.get("error") is None else str(answer["error"])
+
+
+class Receiver:
+    """The server, started in a thread on 127.0.0.1; ``pushes`` records every request."""
+
+    def __init__(self, port: int = 0, transfer: Optional[TransferRpc] = None) -> None:
+        self.port = port
+        self.transfer = transfer  # the agent stand-in forwards each push there (Transfer.Update)
+        self.forwarded: List[Optional[str]] = []  # per agent push forwarded: None, or why it failed
         self.pushes: List[Push] = []
         self.behaviour = _Behaviour()
         self.name_behaviour = _Hostname()
@@ -459,6 +662,12 @@ class _Handler(BaseHTTPRequestHandler):
         kept = [item for i, item in enumerate(items) if i not in bad and item is not None]
         problems = [p for item in kept for p in graph_problems(item)]
         if path == AGENT:
+            transfer = self.server.receiver.transfer
+            if transfer is not None:
+                # modules/agent/http/push.go: g.SendToTransfer, then "success" whatever it did.
+                outcome = forward(transfer.addr, [i for i in items if i is not None])
+                with self.server.receiver._lock:
+                    self.server.receiver.forwarded.append(outcome)
             reply = "success"
         else:
             reply = json.dumps({"msg": "success", "data": {"Message": "ok", "Total": len(items),

@@ -22,7 +22,7 @@ from container_netstat import agent, cli
 from container_netstat.push import Deadline
 from container_netstat.spool import NAME_FILE, Spool
 
-from receiver import AGENT, HOSTNAME, NIGHTINGALE, TRANSFER, Receiver
+from receiver import AGENT, HOSTNAME, NIGHTINGALE, TRANSFER, Receiver, TransferRpc
 
 NAME = "falcon-check-agent"
 
@@ -245,12 +245,21 @@ def docker_up(docker_client: Any) -> None:
     """The command collects from the real daemon."""
 
 
+@pytest.fixture
+def transfer_rpc() -> Iterator[TransferRpc]:
+    """A transfer that answers Transfer.Ping: the push to the agent goes without a warning."""
+    with TransferRpc() as server:
+        yield server
+
+
 @pytest.mark.docker
-def test_a_push_carries_the_agents_name(receiver: Receiver, tmp_path: Path, docker_up: None) -> None:
+def test_a_push_carries_the_agents_name(receiver: Receiver, tmp_path: Path, docker_up: None,
+                                        transfer_rpc: TransferRpc) -> None:
     receiver.hostname(NAME)
-    result = collect("--falcon-url", receiver.url(AGENT), "--spool-dir", str(tmp_path))
+    result = collect("--falcon-url", receiver.url(AGENT), "--spool-dir", str(tmp_path),
+                     "--transfer-addr", transfer_rpc.addr)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == "" and receiver.lookups == [HOSTNAME]
+    assert result.stderr == "" and receiver.lookups == [HOSTNAME] and transfer_rpc.calls == ["Transfer.Ping"] * 2
     assert receiver.items() and endpoints(receiver.items()) == [NAME]
 
 
@@ -292,10 +301,12 @@ def test_transfer_and_nightingale_are_not_asked(receiver: Receiver, tmp_path: Pa
 @pytest.mark.docker
 @pytest.mark.parametrize("how", ["unsafe", "hang"])
 def test_a_bad_or_hung_agent_answer_still_delivers_under_the_host_name(receiver: Receiver, tmp_path: Path,
-                                                                       docker_up: None, how: str) -> None:
+                                                                       docker_up: None, how: str,
+                                                                       transfer_rpc: TransferRpc) -> None:
     receiver.hostname("name with spaces", delay=30 if how == "hang" else 0)
     started = time.monotonic()
-    result = collect("--falcon-url", receiver.url(AGENT), "--spool-dir", str(tmp_path), "--deadline", "20")
+    result = collect("--falcon-url", receiver.url(AGENT), "--spool-dir", str(tmp_path), "--deadline", "20",
+                     "--transfer-addr", transfer_rpc.addr)
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 20  # the lookup gave up after 2 s; the push went on
     (line,) = result.stderr.splitlines()

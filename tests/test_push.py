@@ -25,7 +25,7 @@ from container_netstat.push import (Deadline, HttpSender, Outcome, Rejected, Rep
                                     WrongAddress)
 from container_netstat.spool import Bounds, Spool
 
-from receiver import AGENT, NIGHTINGALE, TRANSFER, Receiver
+from receiver import AGENT, NIGHTINGALE, TRANSFER, Receiver, TransferRpc
 
 T0 = int(time.time()) - 600
 
@@ -212,6 +212,7 @@ def test_batches_are_consecutive_slices() -> None:
         (Outcome(lost_items=5), False, cli.EXIT_LOST),
         (Outcome(wrong_address=1, spooled_batches=1), True, cli.EXIT_REJECTED),
         (Outcome(wrong_address=1, dropped_batches=1), False, cli.EXIT_LOST),
+        (Outcome(replayed_batches=2, kept_batches=2), False, cli.EXIT_SPOOLED),  # sent, not confirmed
     ],
 )
 def test_exit_code_names_the_most_serious_outcome(outcome: Outcome, partial: bool, code: int) -> None:
@@ -554,6 +555,89 @@ def test_a_corrupt_spool_file_is_moved_aside_and_the_rest_delivered(spool: Spool
     assert (outcome.replayed_batches, outcome.set_aside, outcome.sent_batches) == (1, 1, 1)
     assert Path(str(broken.path) + ".corrupt").exists()
     assert "corrupt batch moved aside" in logs.text
+
+
+# -- behind the falcon-agent: transfer asked before and after (transfer.py) ----------------
+
+
+def test_a_refusing_sender_spools_everything_and_keeps_the_order(spool: Spool) -> None:
+    spool.write(run_items(T0), T0, 0)
+    outcome = push.deliver(run_items(T0 + 60, 12), T0 + 60, push.Refusing("no transfer answers"), spool, 5,
+                           Deadline.after(10))
+    assert (outcome.spooled_batches, outcome.spooled_items, outcome.waiting_batches) == (3, 12, 4)
+    assert outcome.failure == "no transfer answers" and outcome.sent_items == 0
+    scripted = Scripted()
+    push.deliver([], T0 + 120, scripted, spool, 5, Deadline.after(10))
+    assert [b[0]["timestamp"] for b in scripted.bodies] == [T0, T0 + 60, T0 + 60, T0 + 60]
+
+
+def test_a_confirmed_push_removes_what_it_replayed(spool: Spool) -> None:
+    spool.write(run_items(T0), T0, 0)
+    asked: List[int] = []
+    outcome = push.deliver(run_items(T0 + 60), T0 + 60, Scripted(), spool, 1000, Deadline.after(10),
+                           confirm=lambda: asked.append(1) or None)  # type: ignore[func-returns-value]
+    assert asked == [1] and spool.pending() == []
+    assert (outcome.replayed_batches, outcome.sent_batches, outcome.kept_batches, outcome.failure) == (1, 1, 0, "")
+
+
+def test_an_unconfirmed_push_keeps_what_it_sent_for_the_next_run_in_order(spool: Spool) -> None:
+    spool.write(run_items(T0), T0, 0)
+    outcome = push.deliver(run_items(T0 + 60, 12), T0 + 60, Scripted(), spool, 5, Deadline.after(10),
+                           confirm=lambda: "no transfer answered after the push")
+    assert (outcome.replayed_batches, outcome.sent_batches) == (1, 3)
+    assert (outcome.kept_batches, outcome.kept_items, outcome.spooled_batches) == (4, 17, 3)
+    assert outcome.failure == "no transfer answered after the push" and outcome.waiting_batches == 4
+    assert cli._push_exit_code(outcome, False) == cli.EXIT_SPOOLED
+    again = Scripted()
+    push.deliver([], T0 + 120, again, spool, 5, Deadline.after(10))
+    assert [len(b) for b in again.bodies] == [5, 5, 5, 2]
+    assert [b[0]["timestamp"] for b in again.bodies] == [T0, T0 + 60, T0 + 60, T0 + 60]
+    assert spool.pending() == []
+
+
+def test_nothing_delivered_asks_for_no_confirmation(spool: Spool) -> None:
+    asked: List[int] = []
+    push.deliver(run_items(T0), T0, Scripted("down"), spool, 1000, Deadline.after(10),
+                 confirm=lambda: asked.append(1) or None)  # type: ignore[func-returns-value]
+    assert asked == []
+
+
+def test_behind_a_real_agent_stand_in_a_transfer_outage_loses_nothing(spool: Spool, logs: Logs) -> None:
+    """The agent stand-in forwards each push to a real JSON-RPC transfer and says success
+    whatever happened; PushOutput asks transfer before and after."""
+    from container_netstat.outputs import PushOutput
+    from container_netstat.settings import Delivery
+
+    with TransferRpc() as rpc, Receiver(transfer=rpc) as agent:
+        delivery = Delivery(agent.url(AGENT), "host-1", transfer_addrs=(rpc.addr,), read_timeout=5)
+
+        def run(minute: int) -> Outcome:
+            output = PushOutput(delivery, spool, Deadline.after(10), "the agent")
+            output.emit([], run_items(T0 + 60 * minute), T0 + 60 * minute)
+            assert output.outcome is not None
+            return output.outcome
+
+        assert run(0).sent_items == 5 and len(rpc.items()) == 5
+        rpc.down()
+        for minute in (1, 2):
+            outcome = run(minute)
+            assert (outcome.sent_items, outcome.spooled_items) == (0, 5), outcome
+            assert "no transfer answers Transfer.Ping" in outcome.failure
+        assert len(agent.accepted()) == 1  # nothing was pushed while transfer was away
+        # Transfer answers the question before the push, then dies: the agent says success
+        # and its forward fails; the question after the push keeps everything.
+        rpc.up()
+        rpc.stop_after(1)
+        outcome = run(3)
+        assert (outcome.replayed_batches, outcome.sent_batches, outcome.kept_batches) == (2, 1, 3), outcome
+        assert agent.forwarded[-1] is not None and len(rpc.items()) == 5
+        assert "after the push" in outcome.failure
+        rpc.up()
+        outcome = run(4)
+        assert (outcome.replayed_batches, outcome.sent_batches, outcome.kept_batches) == (3, 1, 0), outcome
+        stamps = [batch[0]["timestamp"] for batch in rpc.updates]
+        assert stamps == [T0, T0 + 60, T0 + 120, T0 + 180, T0 + 240]
+        assert len(rpc.items()) == 25 and spool.pending() == []
 
 
 def test_bounds_drop_old_batches_and_log_the_count(tmp_path: Path, logs: Logs) -> None:
