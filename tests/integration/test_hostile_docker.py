@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from conftest import IMAGE, TEST_LABEL, remove_all
-from receiver import AGENT, TRANSFER, Receiver
+from receiver import AGENT, TRANSFER, Receiver, TransferRpc
 
 pytestmark = pytest.mark.docker
 
@@ -182,9 +182,11 @@ def test_a_label_among_thousands_selects_its_container(scene: Dict[str, Any]) ->
 
 
 def test_a_hostile_receiver_reply_stays_one_printable_line(scene: Dict[str, Any], tmp_path: Any) -> None:
-    with Receiver() as receiver:
+    # A transfer that answers, so that the run's only diagnostic is about the reply.
+    with TransferRpc() as transfer, Receiver() as receiver:
         receiver.fail(400, "connot\x1b[2J decode\r\nbody\u2028\x85\x9b31m" + "y" * 5000)
-        result = collect("--falcon-url", receiver.url(), "--spool-dir", str(tmp_path), "--include", scene["include"])
+        result = collect("--falcon-url", receiver.url(), "--spool-dir", str(tmp_path), "--include", scene["include"],
+                         "--transfer-addr", transfer.addr)
     assert result.returncode == 6, result.stderr
     (line,) = one_line_each(result.stderr)
     assert "connot\\x1b[2J decode body" in line and len(line) < 1000, line  # the reply cut to 200 characters
