@@ -208,6 +208,7 @@ class DockerBackend:
     """The Docker Engine API: one list call; pids from cgroups, pid files, then inspect."""
 
     name = "docker"
+    plain_list = True  # the list call without the SDK on a local socket (docker_api.list_unix)
 
     def __init__(self, environment: Mapping[str, str], timeout: float) -> None:
         self.environment = dict(environment)
@@ -222,10 +223,17 @@ class DockerBackend:
         return self._client
 
     def containers(self) -> List[Container]:
+        path = docker_api.unix_path(self.where) if self.plain_list else None
+        if path is not None:
+            return docker_api.list_unix(path, self.timeout)
         return docker_api.list_containers(self._connect())
 
     def inspector(self) -> Optional[Inspect]:
-        return docker_api.inspector(self._connect())
+        # The client is made at the first inspect, not before: most runs need none.
+        def inspect(container_id: str) -> Optional[int]:
+            return docker_api.inspector(self._connect())(container_id)
+
+        return inspect
 
     def version(self) -> Dict[str, str]:
         return docker_api.server_version(self._connect())
@@ -235,6 +243,7 @@ class PodmanBackend(DockerBackend):
     """Podman's Docker-compatible API; pids from a /proc scan, since Podman's list has none."""
 
     name = "podman"
+    plain_list = False
 
     def __init__(self, address: str, timeout: float, proc: ProcFS) -> None:
         super().__init__({"DOCKER_HOST": address}, timeout)
