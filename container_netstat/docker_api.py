@@ -5,9 +5,9 @@ inspected in the normal case (``containers.list()`` of the high-level SDK inspec
 every container: one request each). ``docker`` is imported only when a client is made.
 
 On a local socket (``unix://``, the default) the list call is made with ``http.client``
-(``list_unix``): the docker SDK with requests and urllib3 takes 90 to 150 ms to import, and
-its client first asks ``GET /version`` to negotiate the API version, for which dockerd runs
-``runc --version`` (docs/performance.rst). The unversioned path answers in the daemon's own
+(``list_unix``): the docker SDK with requests and urllib3 takes 90 to 150 ms to import,
+and its client first asks ``GET /version`` to negotiate the API version, for which dockerd
+runs ``runc --version`` (docs/performance.rst). The unversioned path answers in the daemon's own
 API version (the Engine API's docs, "Versioning"); the fields read here (Id, Names, Labels,
 HostConfig.NetworkMode) are the same in every version since 1.24. tcp:// and TLS addresses,
 the inspect fallback and ``version()`` keep the SDK.
