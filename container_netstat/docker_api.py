@@ -15,7 +15,6 @@ the inspect fallback and ``version()`` keep the SDK.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import socket
@@ -26,6 +25,8 @@ from container_netstat.pids import Inspect
 from container_netstat.records import Container
 
 if TYPE_CHECKING:  # pragma: no cover
+    import http.client
+
     import docker
 
 log = logging.getLogger(__name__)
@@ -100,25 +101,28 @@ def unix_path(address: str) -> Optional[str]:
     return None
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
+def _unix_connection(path: str, timeout: float) -> "http.client.HTTPConnection":
+    import http.client  # here: a run with --runtime proc, or on tcp://, never needs it
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(path)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+
+    return UnixConnection("localhost", timeout=timeout)
 
 
 def list_unix(path: str, timeout: float) -> List[Container]:
     """The running containers, from one ``GET /containers/json`` on a local socket."""
-    conn = _UnixConnection(path, timeout)
+    import http.client
+
+    conn = _unix_connection(path, timeout)
     try:
         conn.request("GET", "/containers/json", headers={"Accept": "application/json"})
         response = conn.getresponse()
