@@ -371,7 +371,7 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
     log(f"N={n}: bringing up the fleet{' (--all-tcp)' if all_tcp else ''}"
         f"{f' in TCP tables of {own_tables} buckets' if own_tables else ''}")
     with OwnTables(own_tables):
-        took = fleet.up(n, quiet=True, reuse=reuse and own_tables is None, all_tcp=all_tcp)
+        took = fleet.up(n, quiet=True, reuse=reuse, all_tcp=all_tcp)
     table_inside = fleet_table()
     log(f"N={n}: fleet up in {took:.0f} s; tcp_ehash_entries inside a fleet namespace: {table_inside}")
     checked = check(commands, dockerd, workdir, log) if do_check else None
