@@ -11,7 +11,6 @@ import functools
 import gc
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
@@ -400,6 +399,8 @@ def _outputs(printed: Optional[str], textfile: Optional[str], sort_by: str, deli
         chosen.append(outputs.PrometheusOutput(sys.stdout.buffer))
     elif printed == "table":
         tty = sys.stdout.isatty()
+        import shutil  # here: only the table asks for the terminal's width
+
         width = shutil.get_terminal_size().columns if tty else None
         chosen.append(outputs.TableOutput(sys.stdout, sort_by, width, color=tty and not os.environ.get("NO_COLOR")))
     if chosen:

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Callable, Collection, Dict, List, Mapping, Opt
 from container_netstat import cgroups, docker_api
 from container_netstat.records import Container
 from container_netstat.errors import ContainerNetstatError
-from container_netstat.node_files import NodeFiles
 from container_netstat.kubernetes import POD_NAME
 from container_netstat.pids import Inspect, init_pid, warn_conflicts
 from container_netstat.procfs import ProcFS
@@ -281,7 +280,8 @@ class ProcBackend:
         self.members: Optional[Dict[str, List[int]]] = None
 
     def containers(self) -> List[Container]:
-        from container_netstat import runtime_dirs  # here: only this backend needs it
+        from container_netstat import runtime_dirs  # here: only this backend needs them
+        from container_netstat.node_files import NodeFiles
 
         node = scan_node(self.proc, runtime_dirs.DAEMONS)
         view = runtime_dirs.HostView(self.paths.host_root, self.paths.run_root, self.paths.var_root)
