@@ -1,19 +1,28 @@
 """The floor: what one run cannot go below. Standard library only.
 
     python benchmarks/floor.py > items.json
+    python benchmarks/floor.py --states > items.json     # the yardstick: with the states group
+    python benchmarks/floor.py --states --include 'cnb-big-*'
 
 One ``GET /containers/json`` over the Docker socket with ``http.client`` (no SDK, no
 click), the pid of each container from the runtime shim's ``init.pid`` (root-only,
 Docker-internal; the container's cgroup.procs when it is missing), the /proc half from
 ``reference.py``. It handles only ``unix://`` sockets: it is a yardstick, not a tool.
+
+``--states`` makes it the yardstick of the default run: also one legacy sock_diag dump inside
+each namespace holding a TCP socket, decoded for the state counts, the listeners' fill and
+the busiest remote port (``diag_reference.py``), serially, in one thread. ``--include GLOB``
+keeps only containers whose name matches (the package's ``--include``, names only).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import http.client
 import json
 import os
 import socket
+import sys
 from typing import Optional
 
 from reference import Running, collect, emit
@@ -53,7 +62,10 @@ def _belongs(pid: int, container_id: str) -> bool:
         return False
 
 
-def main(host: Optional[str] = None) -> None:
+def main(host: Optional[str] = None, argv: Optional[list] = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    states = "--states" in args
+    include = args[args.index("--include") + 1] if "--include" in args else None
     host = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     if not host.startswith("unix://"):
         raise SystemExit(f"floor.py: only unix:// sockets, not {host}")
@@ -72,8 +84,9 @@ def main(host: Optional[str] = None) -> None:
             pid=pid_of(c["Id"]),
         )
         for c in listed
+        if include is None or fnmatch.fnmatchcase((c.get("Names") or ["/"])[0].lstrip("/"), include)
     ]
-    emit(collect(running, listed=len(listed)))
+    emit(collect(running, listed=len(running), states=states))
 
 
 if __name__ == "__main__":

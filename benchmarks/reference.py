@@ -129,8 +129,12 @@ def _values(files: Dict[str, Sections], per_netns: Dict[str, bool]) -> List[Tupl
     return values
 
 
-def collect(running: List[Running], listed: int, proc: str = "/proc", step: int = 60) -> List[Dict[str, Any]]:
-    """The open-falcon items for these containers (``listed``: how many the runtime listed)."""
+def collect(running: List[Running], listed: int, proc: str = "/proc", step: int = 60,
+            states: bool = False) -> List[Dict[str, Any]]:
+    """The open-falcon items for these containers (``listed``: how many the runtime listed).
+
+    ``states``: also the states group, by one sock_diag dump inside each namespace that
+    holds a TCP socket (diag_reference.py), as the package's default run does."""
     release = _read(os.path.join(proc, "sys/kernel/osrelease")).strip()
     per_netns = _per_netns(release)
     host_path = os.path.join(proc, "1/net/sockstat")
@@ -178,6 +182,16 @@ def collect(running: List[Running], listed: int, proc: str = "/proc", step: int 
                 continue
             tags = _tags(members)
             items += [item(metric, value, tags, kind) for metric, value, kind in _values(files, per_netns)]
+            if states:
+                import diag_reference
+
+                sockstat, six = files["sockstat"], files["sockstat6"]
+                held = sockstat["TCP"]["inuse"] + sockstat["TCP"]["tw"] + six.get("TCP6", {}).get("inuse", 0)
+                try:
+                    found = diag_reference.states(c.pid, proc) if held else diag_reference.empty()
+                except OSError:
+                    found = {}  # gone meanwhile: no states, as the package leaves them out
+                items += [item(metric, value, tags) for metric, value in found.items() if value is not None]
             reported += 1
             break
     items += [item("collector.containers", listed), item("collector.namespaces", reported),

@@ -3,6 +3,8 @@
     python benchmarks/run.py                          # N = 30 and 300, 20 rounds each
     python benchmarks/run.py --sizes 30,300,600 --json benchmarks/results/run.json
     python benchmarks/run.py --compare-states --sizes 300 --json benchmarks/results/states-300.json
+    python benchmarks/run.py --paired --sizes 300 --json benchmarks/results/paired-300.json
+    python benchmarks/run.py --paired --own-tables 1024 --sizes 300   # the fleet in tables of its own
 
 For each N: bring up the fleet (``fleet.py``), check that the three collectors give the
 same numbers for every benchmark namespace while the fleet's traffic is held still,
@@ -21,6 +23,13 @@ states by sock_diag), ``--metrics basic,counters`` (no states), and the same two
 CAP_SYS_ADMIN (``setpriv``), where ``--tcp-states`` reads them from
 ``/proc/<pid>/net/tcp{,6}``. The states part of each path is its run with states less its
 run without, round by round.
+
+``--paired`` times the package's default run against the yardstick (``floor.py --states``:
+the same per-namespace work, states included, serially, standard library only) in the same
+rounds, and prints each figure as a ratio to the yardstick's, with the machine's CPU count,
+kernel and host TCP table size. ``--own-tables N`` sets ``net.ipv4.tcp_child_ehash_entries``
+to N while the fleet starts, so that its namespaces get TCP tables of their own (kernel 6.1
+and later), and restores the previous value once the fleet is up.
 """
 
 from __future__ import annotations
@@ -54,6 +63,18 @@ def tool_command() -> List[str]:
     return head + ["collect", "--dry-run"]
 
 
+def compile_package() -> None:
+    """Byte-compile the package as an installed one is (pip writes its .pyc files), also when
+    it runs from a checkout under PYTHONDONTWRITEBYTECODE: otherwise every run compiles its
+    modules again, some 70 ms that no installed copy pays."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("container_netstat")
+    if spec is not None and spec.submodule_search_locations:
+        for where in spec.submodule_search_locations:
+            compileall.compile_dir(where, quiet=1, maxlevels=0)
+
+
 def collectors(tool: Optional[str] = None) -> Dict[str, List[str]]:
     return {
         "container-netstat": tool.split() if tool else tool_command(),
@@ -79,6 +100,75 @@ def state_collectors(tool: Optional[str] = None) -> Dict[str, List[str]]:
         PROC_STATES: [*NO_SYS_ADMIN, *base, "--tcp-states"],
         PROC_BASIC_COUNTERS: [*NO_SYS_ADMIN, *base, "--metrics", "basic,counters"],
     }
+
+
+YARDSTICK = "yardstick"
+
+
+def paired_collectors(tool: Optional[str] = None) -> Dict[str, List[str]]:
+    """--paired: the package's default run and the yardstick."""
+    return {
+        "container-netstat": tool.split() if tool else tool_command(),
+        YARDSTICK: [sys.executable, os.path.join(HERE, "floor.py"), "--states"],
+    }
+
+
+CHILD_EHASH = "/proc/sys/net/ipv4/tcp_child_ehash_entries"
+EHASH = "/proc/sys/net/ipv4/tcp_ehash_entries"
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def machine() -> Dict[str, Any]:
+    """What the ratios depend on: CPUs, kernel, the host's TCP table and its child setting."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "kernel": os.uname().release,
+        "host_tcp_buckets": _read_int(EHASH),
+        "tcp_child_ehash_entries": _read_int(CHILD_EHASH),
+        "python": sys.version.split()[0],
+    }
+
+
+def fleet_table() -> Optional[int]:
+    """tcp_ehash_entries inside one fleet namespace: negative while it shares the host's table."""
+    api = fleet.client().api
+    for c in fleet.bench_containers(api, stopped=False):
+        if (c.get("HostConfig") or {}).get("NetworkMode") in ("host",):
+            continue
+        pid = api.inspect_container(c["Id"])["State"]["Pid"]
+        done = subprocess.run(["nsenter", "-t", str(pid), "-n", "cat", EHASH], capture_output=True, text=True)
+        if done.returncode == 0:
+            return int(done.stdout)
+    return None
+
+
+class OwnTables:
+    """net.ipv4.tcp_child_ehash_entries set to ``buckets`` while the fleet starts, then restored."""
+
+    def __init__(self, buckets: Optional[int]) -> None:
+        self.buckets, self.before = buckets, None
+
+    def __enter__(self) -> "OwnTables":
+        if self.buckets is not None:
+            self.before = _read_int(CHILD_EHASH)
+            if self.before is None:
+                raise SystemExit("run.py: --own-tables needs net.ipv4.tcp_child_ehash_entries (kernel 6.1 and later)")
+            with open(CHILD_EHASH, "w") as f:
+                f.write(str(self.buckets))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before is not None:
+            with open(CHILD_EHASH, "w") as f:
+                f.write(str(self.before))
 
 
 # Not collectors: the start-up that any Python tool pays, and what the agreed packages add to it.
@@ -277,10 +367,13 @@ def check(commands: Dict[str, List[str]], dockerd: int, workdir: str, log) -> Di
 
 def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workdir: str,
           do_check: bool, settle: float, log, reuse: bool = False, startup: bool = True,
-          all_tcp: bool = False) -> Dict[str, object]:
-    log(f"N={n}: bringing up the fleet{' (--all-tcp)' if all_tcp else ''}")
-    took = fleet.up(n, quiet=True, reuse=reuse, all_tcp=all_tcp)
-    log(f"N={n}: fleet up in {took:.0f} s")
+          all_tcp: bool = False, own_tables: Optional[int] = None) -> Dict[str, object]:
+    log(f"N={n}: bringing up the fleet{' (--all-tcp)' if all_tcp else ''}"
+        f"{f' in TCP tables of {own_tables} buckets' if own_tables else ''}")
+    with OwnTables(own_tables):
+        took = fleet.up(n, quiet=True, reuse=reuse, all_tcp=all_tcp)
+    table_inside = fleet_table()
+    log(f"N={n}: fleet up in {took:.0f} s; tcp_ehash_entries inside a fleet namespace: {table_inside}")
     checked = check(commands, dockerd, workdir, log) if do_check else None
     commands = {**commands, **(STARTUP if startup else {}), **IDLE}
     log(f"N={n}: letting traffic run for {settle:.0f} s")
@@ -316,6 +409,9 @@ def bench(n: int, runs: int, commands: Dict[str, List[str]], dockerd: int, workd
     return {
         "n": n,
         "all_tcp": all_tcp,
+        "own_tables": own_tables,
+        "fleet_tcp_ehash_entries": table_inside,
+        "machine": machine(),
         "listed": listed,
         "tcp_namespaces": tcp,
         "fleet_up_s": round(took, 1),
@@ -497,6 +593,40 @@ def state_targets(results: List[Dict[str, Any]]) -> str:
     return _grid(rows)
 
 
+GOALS = {"wall": 1.0, "cpu": 1.25}
+RSS_GOAL_MIB = 40.0
+
+
+def paired_targets(results: List[Dict[str, Any]]) -> str:
+    """--paired: the package against the yardstick, as ratios of the medians and, round by
+    round, the median of the per-round ratios; the machine they were measured on."""
+    rows: List[Tuple[str, ...]] = [("figure", "container-netstat", "yardstick", "ratio (of medians / per round)",
+                                    "goal", "met")]
+    for res in results:
+        m = res["machine"]
+        n = res["listed"] or res["n"]
+        tables = f"own tables of {res['own_tables']}" if res.get("own_tables") else "the host's shared table"
+        rows.append((f"N={n}{' all-tcp' if res.get('all_tcp') else ''}, {tables}; {m['cpus']} CPUs, kernel "
+                     f"{m['kernel']}, host table {m['host_tcp_buckets']} buckets, inside "
+                     f"{res.get('fleet_tcp_ehash_entries')}", "", "", "", "", ""))
+        by = {s["collector"]: s for s in res["summaries"]}
+        ours, yard = by["container-netstat"], by[YARDSTICK]
+        runs = res["runs"]
+        for what, key, run_key in (("wall", "wall_median", "wall"), ("cpu", "cpu_median", "cpu")):
+            ratio = ours[key] / yard[key]
+            per_round = statistics.median(a[run_key] / b[run_key] for a, b in
+                                          zip(runs["container-netstat"], runs[YARDSTICK]))
+            rows.append((f"  {what}", f"{ours[key] * 1000:.0f} ms", f"{yard[key] * 1000:.0f} ms",
+                         f"{ratio:.2f}x / {per_round:.2f}x", f"<= {GOALS[what]}x",
+                         "yes" if ratio <= GOALS[what] else "NO"))
+        rows.append(("  peak RSS", f"{ours['rss_median_mib']:.1f} MiB", f"{yard['rss_median_mib']:.1f} MiB",
+                     f"{ours['rss_median_mib'] / yard['rss_median_mib']:.2f}x", f"<= {RSS_GOAL_MIB:.0f} MiB",
+                     "yes" if ours["rss_median_mib"] <= RSS_GOAL_MIB else "NO"))
+        rows.append(("  dockerd CPU / run", f"{ours['dockerd_ms_per_run']:.1f} ms",
+                     f"{yard['dockerd_ms_per_run']:.1f} ms", "", "", ""))
+    return _grid(rows)
+
+
 def _grid(rows: List[Tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -520,6 +650,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--compare-states", action="store_true",
                         help="time the default run against --metrics basic,counters, and both without "
                         "CAP_SYS_ADMIN (TCP states from /proc), instead of naive and floor")
+    parser.add_argument("--paired", action="store_true",
+                        help="time the default run against the yardstick (floor.py --states) only, as ratios")
+    parser.add_argument("--own-tables", type=int, metavar="BUCKETS",
+                        help="start the fleet with net.ipv4.tcp_child_ehash_entries=BUCKETS (restored after): "
+                        "its namespaces get TCP tables of their own")
     parser.add_argument("--all-tcp", action="store_true",
                         help="a fleet without idle containers: every namespace holds TCP sockets")
     parser.add_argument("--tool", metavar="CMD",
@@ -539,15 +674,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     # The collectors import reference.py: compile it now, as an installed package would be,
     # even when PYTHONDONTWRITEBYTECODE is set.
     compileall.compile_dir(HERE, quiet=1, maxlevels=0)
+    compile_package()
     sizes = [int(s) for s in args.sizes.split(",")]
-    commands = state_collectors(args.tool) if args.compare_states else collectors(args.tool)
+    commands = (state_collectors(args.tool) if args.compare_states else paired_collectors(args.tool)
+                if args.paired else collectors(args.tool))
     dockerd = dockerd_pid()
     workdir = tempfile.mkdtemp(prefix="cnbench-")
     results: List[Dict[str, object]] = []
     try:
         for n in sizes:
             results.append(bench(n, args.runs, commands, dockerd, workdir, args.check, args.settle, log, args.reuse,
-                                 startup=not args.compare_states, all_tcp=args.all_tcp))
+                                 startup=not (args.compare_states or args.paired), all_tcp=args.all_tcp,
+                                 own_tables=args.own_tables))
             if args.json:
                 _save(args.json, results, commands)
     finally:
@@ -555,7 +693,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             log(f"removed {fleet.down()} benchmark containers")
         shutil.rmtree(workdir, ignore_errors=True)
     print(table(results))
-    print(state_targets(results) if args.compare_states else targets(results))
+    print(state_targets(results) if args.compare_states else paired_targets(results) if args.paired
+          else targets(results))
     checks = [r["check"] for r in results if r["check"] is not None]
     if checks and not all(c["equal"] for c in checks):  # type: ignore[index]
         raise SystemExit("run.py: the collectors disagree (see above)")

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 DOCKER = "docker"
 CONTAINERD = "containerd"
@@ -152,13 +152,19 @@ def attribute(text: str) -> Attribution:
     owner: Optional[CgroupOwner] = None
     place = ""
     named: List[str] = []
+    # cgroup v1 repeats one path on a dozen lines: each distinct path is looked at once.
+    paths: Dict[str, Tuple[List[str], List[Tuple[int, Optional[CgroupOwner]]]]] = {}
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
-        components = _components(parts[2])
+        known = paths.get(parts[2])
+        if known is None:
+            components = _components(parts[2])
+            known = paths[parts[2]] = (components, list(_named(components)))
+        components = known[0]
         first = True
-        for depth, found in _named(components):
+        for depth, found in known[1]:
             if found is None:
                 break  # a monitor's cgroup: nothing at or below it is a container's
             if first and owner is None:

@@ -11,7 +11,6 @@ import functools
 import gc
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
@@ -29,6 +28,7 @@ from container_netstat.spool import Bounds
 if TYPE_CHECKING:  # pragma: no cover
     from container_netstat.outputs import Output, PushOutput
     from container_netstat.push import Outcome
+    from container_netstat.doctor import TableProbe
     from container_netstat.records import Snapshot
     from container_netstat.runtime_dirs import Dirs
     from container_netstat.spool import Spool
@@ -425,6 +425,8 @@ def _outputs(printed: Optional[str], textfile: Optional[str], sort_by: str, deli
         chosen.append(outputs.PrometheusOutput(sys.stdout.buffer))
     elif printed == "table":
         tty = sys.stdout.isatty()
+        import shutil  # here: only the table asks for the terminal's width
+
         width = shutil.get_terminal_size().columns if tty else None
         chosen.append(outputs.TableOutput(sys.stdout, sort_by, width, color=tty and not os.environ.get("NO_COLOR")))
     if chosen:
@@ -497,11 +499,17 @@ def _push_exit_code(outcome: "Outcome", partial: bool, docker_down: bool = False
 @_source_options
 @click.option("--format", "output_format", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="json for tools, text for a terminal.")
+@click.option("--include", multiple=True, metavar="PATTERN",
+              help="Explain only containers whose name matches this glob, or with label KEY=VALUE (glob). Repeatable.")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave out containers whose name matches this glob, or with label KEY=VALUE (glob). Repeatable.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="warning", show_default=True, help="Diagnostics on stderr at this level and above.")
-def doctor(given: Settings, output_format: str, log_level: str) -> None:
+def doctor(given: Settings, output_format: str, include: Tuple[str, ...], exclude: Tuple[str, ...],
+           log_level: str) -> None:
     """Explain this host: each metric's scope on this kernel, the Docker API version,
-    which containers share a namespace, and any container that could not be read and why.
+    which containers share a namespace, and any container that could not be read and why;
+    and the kernel's TCP table: how many namespaces share the host's, what a dump costs.
 
     The first command to run when numbers look odd. Exit codes as for collect.
     """
@@ -511,8 +519,10 @@ def doctor(given: Settings, output_format: str, log_level: str) -> None:
     from container_netstat.errors import DockerUnavailable
 
     _setup_logging(log_level)
-    settings = dataclasses.replace(given, groups=frozenset({metrics.BASIC, metrics.STATES, metrics.HOSTNET}))
-    backend, snapshot, scopes = _snapshot(settings, Deadline.after(DEFAULT_SECONDS))
+    settings = dataclasses.replace(given, groups=frozenset({metrics.BASIC, metrics.STATES, metrics.HOSTNET}),
+                                   include=include, exclude=exclude)
+    run_deadline = Deadline.after(DEFAULT_SECONDS)
+    backend, snapshot, scopes = _snapshot(settings, run_deadline)
     unavailable = snapshot.tcp_path.reason or None if snapshot.tcp_path else None
     where = redact(backend.where)
     try:
@@ -521,11 +531,33 @@ def doctor(given: Settings, output_format: str, log_level: str) -> None:
         raise _fail(EXIT_DOCKER, f"cannot reach {backend.name.capitalize()} at {where}: {err}") from err
     from container_netstat import transfer
 
+    table = _table_probe(settings, snapshot, run_deadline)
     data = doctoring.report(snapshot, scopes, {"runtime": backend.name, "host": where, **version}, unavailable,
-                            transfer.describe(settings.paths))
+                            table, transfer.describe(settings.paths))
     if output_format == "json":
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(doctoring.format_text(data))
     if snapshot.failed:
         raise click.exceptions.Exit(EXIT_PARTIAL)
+
+
+def _table_probe(settings: Settings, snapshot: "Snapshot", run_deadline: Deadline) -> "TableProbe":
+    """doctor's look at the kernel's TCP table: the host's settings, a sample of namespaces."""
+    from container_netstat import doctor as doctoring
+    from container_netstat.namespaces import HOST_PID
+    from container_netstat.procfs import ProcFS
+    from container_netstat.tcp_reader import TcpReader
+
+    proc = ProcFS(settings.paths.proc_root)
+    reader = TcpReader(proc)
+    unavailable = reader.probe()
+    try:
+        here = os.stat(doctoring.OWN_SOCKSTAT).st_ino == snapshot.host.key
+    except OSError:
+        here = False
+    try:
+        return doctoring.measure_table(reader, snapshot, HOST_PID, run_deadline, unavailable,
+                                       doctoring.own_sysctl, here, proc.netns_key)
+    finally:
+        reader.close()

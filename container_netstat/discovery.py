@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Callable, Collection, Dict, List, Mapping, Opt
 from container_netstat import cgroups, docker_api
 from container_netstat.records import Container
 from container_netstat.errors import ContainerNetstatError
-from container_netstat.node_files import NodeFiles
 from container_netstat.kubernetes import POD_NAME
 from container_netstat.pids import Inspect, init_pid, warn_conflicts
 from container_netstat.procfs import ProcFS
@@ -208,6 +207,7 @@ class DockerBackend:
     """The Docker Engine API: one list call; pids from cgroups, pid files, then inspect."""
 
     name = "docker"
+    plain_list = True  # the list call without the SDK on a local socket (docker_api.list_unix)
 
     def __init__(self, environment: Mapping[str, str], timeout: float) -> None:
         self.environment = dict(environment)
@@ -222,10 +222,17 @@ class DockerBackend:
         return self._client
 
     def containers(self) -> List[Container]:
+        path = docker_api.unix_path(self.where) if self.plain_list else None
+        if path is not None:
+            return docker_api.list_unix(path, self.timeout)
         return docker_api.list_containers(self._connect())
 
     def inspector(self) -> Optional[Inspect]:
-        return docker_api.inspector(self._connect())
+        # The client is made at the first inspect, not before: most runs need none.
+        def inspect(container_id: str) -> Optional[int]:
+            return docker_api.inspector(self._connect())(container_id)
+
+        return inspect
 
     def version(self) -> Dict[str, str]:
         return docker_api.server_version(self._connect())
@@ -235,6 +242,7 @@ class PodmanBackend(DockerBackend):
     """Podman's Docker-compatible API; pids from a /proc scan, since Podman's list has none."""
 
     name = "podman"
+    plain_list = False
 
     def __init__(self, address: str, timeout: float, proc: ProcFS) -> None:
         super().__init__({"DOCKER_HOST": address}, timeout)
@@ -272,7 +280,8 @@ class ProcBackend:
         self.members: Optional[Dict[str, List[int]]] = None
 
     def containers(self) -> List[Container]:
-        from container_netstat import runtime_dirs  # here: only this backend needs it
+        from container_netstat import runtime_dirs  # here: only this backend needs them
+        from container_netstat.node_files import NodeFiles
 
         node = scan_node(self.proc, runtime_dirs.DAEMONS)
         view = runtime_dirs.HostView(self.paths.host_root, self.paths.run_root, self.paths.var_root)

@@ -3,11 +3,21 @@
 The list call already carries names, labels and the network mode, so no container is
 inspected in the normal case (``containers.list()`` of the high-level SDK inspects
 every container: one request each). ``docker`` is imported only when a client is made.
+
+On a local socket (``unix://``, the default) the list call is made with ``http.client``
+(``list_unix``): the docker SDK with requests and urllib3 takes 90 to 150 ms to import,
+and its client first asks ``GET /version`` to negotiate the API version, for which dockerd
+runs ``runc --version`` (docs/performance.rst). The unversioned path answers in the daemon's own
+API version (the Engine API's docs, "Versioning"); the fields read here (Id, Names, Labels,
+HostConfig.NetworkMode) are the same in every version since 1.24. tcp:// and TLS addresses,
+the inspect fallback and ``version()`` keep the SDK.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from container_netstat.errors import DockerUnavailable
@@ -15,6 +25,8 @@ from container_netstat.pids import Inspect
 from container_netstat.records import Container
 
 if TYPE_CHECKING:  # pragma: no cover
+    import http.client
+
     import docker
 
 log = logging.getLogger(__name__)
@@ -80,6 +92,55 @@ def list_containers(client: "docker.DockerClient") -> List[Container]:
     except _api_errors() as err:
         raise DockerUnavailable(describe_docker_error(err)) from err
     return [from_api(item) for item in raw]
+
+
+def unix_path(address: str) -> Optional[str]:
+    """The socket path of a ``unix:///path`` address; None for any other kind."""
+    if address.startswith("unix://") and address[len("unix://"):].startswith("/"):
+        return address[len("unix://"):]
+    return None
+
+
+def _unix_connection(path: str, timeout: float) -> "http.client.HTTPConnection":
+    import http.client  # here: a run with --runtime proc, or on tcp://, never needs it
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(path)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+
+    return UnixConnection("localhost", timeout=timeout)
+
+
+def list_unix(path: str, timeout: float) -> List[Container]:
+    """The running containers, from one ``GET /containers/json`` on a local socket."""
+    import http.client
+
+    conn = _unix_connection(path, timeout)
+    try:
+        conn.request("GET", "/containers/json", headers={"Accept": "application/json"})
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as err:
+        raise DockerUnavailable(describe_docker_error(err)) from err
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise DockerUnavailable(f"GET /containers/json: {response.status} {response.reason}: "
+                                f"{body[:200].decode('utf-8', 'replace').strip()}")
+    try:
+        raw = json.loads(body)
+        if not isinstance(raw, list):
+            raise ValueError("not a list")
+        return [from_api(item) for item in raw]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DockerUnavailable(f"GET /containers/json: not a container list ({err})") from err
 
 
 def inspector(client: "docker.DockerClient") -> Inspect:

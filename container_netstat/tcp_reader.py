@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 CLONE_NEWNET = 0x40000000
 SELF_NS = "/proc/thread-self/ns/net"  # our own thread's namespace, whatever --proc-root is
 PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+SYSCTL_BYTES = 256  # a /proc/sys number or pair is a few bytes; the read is bounded all the same
 SOCK_DIAG, PROC = "sock_diag", "proc"
 TCP, UDP = "tcp", "udp"  # the protocols ``TcpReader.sockets`` reads; also the /proc/net file names
 RECV_BUFFER = 65536  # the kernel fills dump datagrams up to 32 KiB (net/netlink/af_netlink.c)
@@ -380,6 +381,32 @@ class TcpReader:
             raise NamespaceGone(pid, path)
         return parse_port_range(range_text) if range_text is not None else None
 
+    def read_sysctl(self, pid: int, path: str, still_ours: Optional[Callable[[int], bool]] = None) -> Optional[str]:
+        """A /proc/sys/net file as ``pid``'s network namespace sees it (doctor reads
+        ``tcp_ehash_entries`` so), None where the kernel has no such file.
+
+        The same entry as a dump's: the ns file held, ``still_ours`` asked, setns in a
+        worker thread, the file read and the thread back at once. The file is the kernel's
+        (procfs of this process's mount namespace, answered for the namespace entered:
+        net/sysctl_net.c ``net_ctl_header_lookup``); nothing in the container is opened.
+        NotPermitted where sock_diag's setns is not usable (``path`` is then PROC).
+        """
+        if self._home_fd is None or self.unavailable is not None:
+            raise NotPermitted(self.unavailable or "namespaces not entered: probe() first")
+        ns_fd = self._open_ns(pid)
+        try:
+            if still_ours is not None and not still_ours(pid):
+                raise NamespaceGone(pid, self.proc.path(pid, "ns", "net"))
+            return off_main(lambda: self._enter_and_read(ns_fd, path))
+        finally:
+            os.close(ns_fd)
+
+    def _enter_and_read(self, ns_fd: int, path: str) -> Optional[str]:
+        """In a worker thread: enter, read one /proc/sys file, return."""
+        assert self._home_fd is not None
+        with _Home(self._setns, self._home_fd, ns_fd, self._home_ino, self._local, self.self_ns):
+            return _read_inside(path)
+
     def _enter_and_open(self, ns_fd: int) -> Tuple[socket.socket, Optional[str]]:
         """In a worker thread: enter, make the netlink socket and read the port range, return."""
         assert self._home_fd is not None
@@ -499,6 +526,6 @@ def _read_inside(path: str) -> Optional[str]:
     """A /proc/sys file as the current namespace sees it; None where the kernel has none."""
     try:
         with open(path, encoding="ascii") as f:
-            return f.read()
-    except OSError:
+            return f.read(SYSCTL_BYTES)
+    except (OSError, ValueError):  # ValueError: not ASCII, so not the kernel's number
         return None

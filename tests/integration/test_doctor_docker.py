@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,48 @@ def test_doctor_explains_the_host(run_container: Any) -> None:
     assert old.returncode == 0
     assert "container.net.tcp.timewait" in old.stdout and "host-wide on this kernel" in old.stdout
     assert "tw            host" in old.stdout
+
+
+def table_of(data: Any) -> Any:
+    return data["tcp_table"]
+
+
+def test_doctor_reports_who_shares_the_hosts_tcp_table(run_container: Any) -> None:
+    """A tenant that gives its own namespace a table of its own (tcp_child_ehash_entries set
+    in its namespace, then its init unshares into a new one) changes only its own line: the
+    host's figures stay the host's, its neighbour still shares."""
+    if not os.path.exists("/proc/sys/net/ipv4/tcp_child_ehash_entries"):
+        pytest.skip("kernel before 6.1: no per-namespace TCP tables")
+    with open("/proc/sys/net/ipv4/tcp_ehash_entries") as f:
+        host = abs(int(f.read()))
+    with open("/proc/sys/net/ipv4/tcp_child_ehash_entries") as f:
+        child = int(f.read())
+    shared = run_container("nc -l -p 80 & exec sleep 100000", name="shared", network_mode="none")
+    tenant = run_container(
+        "exec unshare -n sh -c 'nc -l -p 80 & exec sleep 100000'",
+        name="own-table", network_mode="none", cap_add=["SYS_ADMIN"],
+        sysctls={"net.ipv4.tcp_child_ehash_entries": "1000"})
+    inside = ""
+    for _ in range(100):  # until its init has moved
+        inside = subprocess.run(["nsenter", "-t", str(pid_of(tenant)), "-n", "cat",
+                                 "/proc/sys/net/ipv4/tcp_ehash_entries"], capture_output=True, text=True).stdout
+        if inside.strip() == "1024":
+            break
+        time.sleep(0.1)
+    assert inside.strip() == "1024"
+    prefix = shared.name.rsplit("-", 1)[0]
+    result = run("doctor", "--include", f"{prefix}-*")
+    assert result.returncode == 0, result.stderr
+    table = table_of(json.loads(result.stdout))
+    assert table["host_buckets"] == host and table["child_ehash_entries"] == child
+    assert table["sampled"] == 2 and table["sharing_host_table"] == 1
+    assert table["own_table"] == {tenant.name: 1024}
+    assert table["dump_ms"]["sharing"]["timed"] == 1 and table["dump_ms"]["own_table"]["timed"] == 1
+    assert table["dumped_per_run"] == 2
+    if child == 0:
+        assert "sysctl -w net.ipv4.tcp_child_ehash_entries=1024" in table["advice"]
+
+    text = run("doctor", "--include", f"{prefix}-*", "--format", "text")
+    assert text.returncode == 0
+    assert f"the host's: {host} buckets" in text.stdout
+    assert "1 share the host's table, 1 have their own" in text.stdout
