@@ -57,7 +57,8 @@ line is read only when all of these hold, checked under the proc root:
 
 The paths it gives are then read on the host, through the roots below; never through
 ``/proc/<pid>/root``, which a container's process would make its own file system. Every file
-is read through hostfile.py (a regular file, at most 1 MiB, never blocking); the configuration
+is read through hostfile.py (a regular file, at most 1 MiB, never blocking), the TOML ones parsed
+by toml_config.py (a file that is not TOML gives the defaults, and a warning); the configuration
 files named here are the administrator's (``/etc``), so a symbolic link in their place is
 followed, still to a regular file only.
 
@@ -77,7 +78,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from container_netstat import cgroups
+from container_netstat import cgroups, toml_config
 from container_netstat.hostfile import HostFiles
 
 log = logging.getLogger(__name__)
@@ -204,153 +205,6 @@ def parse_daemon_json(text: str) -> Optional[str]:
     return ""
 
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)")
-_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
-
-
-def _unescape(match: "re.Match[str]") -> str:
-    code = match.group(1)
-    if code[0] in "uU" and len(code) > 1:
-        return chr(int(code[1:], 16)) if int(code[1:], 16) <= 0x10FFFF else ""
-    return _ESCAPES.get(code, "")
-
-
-def _one_line_string(text: str, i: int) -> Tuple[Optional[str], int]:
-    """The basic ("...") or literal ('...') string at text[i], and the index after it;
-    (None, i) if there is none that ends on this line."""
-    quote = text[i] if i < len(text) else ""
-    if quote not in ("'", '"') or text.startswith(quote * 3, i):
-        return None, i
-    j = i + 1
-    while j < len(text) and text[j] != quote and text[j] != "\n":
-        j += 2 if quote == '"' and text[j] == "\\" else 1
-    if j >= len(text) or text[j] != quote:
-        return None, i
-    body = text[i + 1:j]
-    return (_ESCAPE.sub(_unescape, body) if quote == '"' else body), j + 1
-
-
-def _skip_blanks(text: str, i: int) -> int:
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    return i
-
-
-def _end_of_line(text: str, i: int) -> int:
-    end = text.find("\n", i)
-    return len(text) if end < 0 else end + 1
-
-
-def _key(text: str, i: int) -> Tuple[Optional[Tuple[str, ...]], int]:
-    """A dotted key (bare or quoted parts) at text[i], and the index after it."""
-    parts: List[str] = []
-    while True:
-        i = _skip_blanks(text, i)
-        bare = _BARE_KEY.match(text, i)
-        if bare:
-            part: Optional[str] = bare.group()
-            i = bare.end()
-        else:
-            part, i = _one_line_string(text, i)
-        if part is None:
-            return None, i
-        parts.append(part)
-        i = _skip_blanks(text, i)
-        if not text.startswith(".", i):
-            return tuple(parts), i
-        i += 1
-
-
-def _after_multi_line_string(text: str, i: int) -> int:
-    """The index after the multi-line string at text[i] (the end of the text if it never ends)."""
-    quote = text[i:i + 3]
-    end = i + 3
-    while True:
-        end = text.find(quote, end)
-        if end < 0:
-            return len(text)
-        if quote == "'''" or not _escaped(text, end):
-            break
-        end += 1
-    after = end + 3
-    while after < end + 5 and text.startswith(quote[0], after):  # one or two quotes may end its content
-        after += 1
-    return after
-
-
-def _escaped(text: str, i: int) -> bool:
-    """True if text[i] follows an odd number of backslashes."""
-    backslashes = 0
-    while i - backslashes > 0 and text[i - backslashes - 1] == "\\":
-        backslashes += 1
-    return backslashes % 2 == 1
-
-
-def _skip_value(text: str, i: int) -> int:
-    """The index of the end of the line where the value at text[i] ends: arrays and inline
-    tables may span lines, and so may multi-line strings; strings may hold [ ] and #."""
-    depth = 0
-    while i < len(text):
-        char = text[i]
-        if text.startswith('"""', i) or text.startswith("'''", i):
-            i = _after_multi_line_string(text, i)
-        elif char in "'\"":
-            _, after = _one_line_string(text, i)
-            i = max(after, i + 1)
-        elif char == "#":
-            end = text.find("\n", i)
-            i = len(text) if end < 0 else end
-        elif char == "\n" and depth <= 0:
-            return i
-        else:
-            depth += (char in "[{") - (char in "]}")
-            i += 1
-    return i
-
-
-def parse_toml_strings(text: str) -> Dict[Tuple[str, ...], str]:
-    """Every one-line string value of a TOML document, by its full key (table, then key).
-
-    Only what this module needs: tables (``[a."b"]``, ``[[a]]``), bare, quoted and dotted
-    keys, basic and literal strings. Other values (numbers, arrays, multi-line strings...)
-    are skipped, and so is a line it cannot read: the runtime has already parsed its file.
-    """
-    out: Dict[Tuple[str, ...], str] = {}
-    table: Tuple[str, ...] = ()
-    i = 0
-    while i < len(text):
-        i = _skip_blanks(text, i)
-        if i >= len(text):
-            break
-        if text[i] in "\r\n#":
-            i = _end_of_line(text, i)
-            continue
-        if text[i] == "[":
-            double = text.startswith("[[", i)
-            key, after = _key(text, i + (2 if double else 1))
-            closing = "]]" if double else "]"
-            after = _skip_blanks(text, after)
-            if key is not None and text.startswith(closing, after):
-                table = key
-            i = _end_of_line(text, i)
-            continue
-        key, i = _key(text, i)
-        i = _skip_blanks(text, i)
-        if key is None or not text.startswith("=", i):
-            i = _end_of_line(text, i)
-            continue
-        i = _skip_blanks(text, i + 1)
-        value, after = _one_line_string(text, i)
-        if value is not None:
-            out[table + key] = value
-            i = after
-        else:
-            i = _skip_value(text, i)
-        i = _end_of_line(text, i)
-    return out
-
-
 def host_path(path: str) -> Optional[str]:
     """A clean absolute path, or None for a relative one (it would be the daemon's cwd's)."""
     if not path.startswith("/"):
@@ -420,6 +274,7 @@ class _Reader:
         self.view = view
         self.files = files
         self._texts: Dict[str, Optional[str]] = {}
+        self._strings: Dict[str, Optional[toml_config.Strings]] = {}
 
     def text(self, path: str) -> Optional[str]:
         clean = host_path(path)
@@ -431,12 +286,18 @@ class _Reader:
         return self._texts[clean]
 
     def toml(self, paths: Iterable[str]) -> _Keys:
-        """The non-empty string values of these files, a later file's winning."""
+        """The non-empty string values of these files, a later file's winning. A file that is
+        not TOML gives none, and that is said once."""
         keys: _Keys = {}
         for path in paths:
             text = self.text(path)
-            if text is not None:
-                keys.update({key: (value, path) for key, value in parse_toml_strings(text).items() if value})
+            if text is None:
+                continue
+            if path not in self._strings:
+                self._strings[path] = toml_config.parse_strings(text)
+                if self._strings[path] is None:
+                    log.warning("%s: not valid TOML; its settings are not read, the defaults are taken", path)
+            keys.update({key: (value, path) for key, value in (self._strings[path] or {}).items() if value})
         return keys
 
     def files_in(self, directory: str) -> List[str]:

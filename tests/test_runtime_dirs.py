@@ -1,7 +1,7 @@
 """Where the runtimes keep their files: command lines, configuration files, host paths.
 
 Pure parser tables first, then the reader on fake /proc and host trees. The real daemons
-are in tests/integration/test_data_roots.py.
+are in tests/integration/test_data_roots.py; the TOML readers in tests/test_toml_config.py.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 from click.testing import CliRunner
@@ -93,97 +94,6 @@ def test_flag_parser(comm: str, args: Sequence[str], flags: Flags) -> None:
 ])
 def test_daemon_json_parser(text: str, root: Optional[str]) -> None:
     assert runtime_dirs.parse_daemon_json(text) == root
-
-
-# --- TOML (the string values only) ---
-
-CONTAINERD_V2 = '''version = 2
-root = "/var/lib/containerd"   # a comment
-state = '/run/k3s/containerd'
-disabled_plugins = [
-  "io.containerd.internal.v1.opt",  # state = "not this"
-  "io.containerd.snapshotter.v1.btrfs",
-]
-imports = ["/etc/containerd/conf.d/*.toml"]
-
-[grpc]
-  address = "/run/containerd/containerd.sock"
-  max_recv_message_size = 16777216
-
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "overlayfs"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-  SystemdCgroup = true
-'''
-STORAGE_CONF = r'''# storage.conf
-[storage]
-driver = "overlay"
-runroot = "/run/containers/storage"
-graphroot = "/data/containers/graph\u00e9"
-
-[storage.options]
-additionalimagestores = [
-]
-mountopt = """nodev,
-metacopy=on"""
-
-[storage.options.overlay]
-mount_program = '/usr/bin/fuse-overlayfs'
-'''
-ODD_BUT_VALID = '''  [ crio ]   # spaces and a comment after the header
-root="/a"
-"runroot" = "/b\\"c"
-crio.api.listen = "/var/run/crio/crio.sock"
-note = """ root = "/not/this" """
-list = [ { x = "[" }, '#', "]" ]
-after = "still read"
-empty = ""
-['quoted key'.x]
-y = 'lit\\eral'
-'''
-
-
-@pytest.mark.parametrize("text, expected", [
-    (CONTAINERD_V2, {("root",): "/var/lib/containerd", ("state",): "/run/k3s/containerd",
-                     ("grpc", "address"): "/run/containerd/containerd.sock",
-                     ("plugins", "io.containerd.grpc.v1.cri", "containerd", "snapshotter"): "overlayfs"}),
-    (STORAGE_CONF, {("storage", "driver"): "overlay", ("storage", "runroot"): "/run/containers/storage",
-                    ("storage", "graphroot"): "/data/containers/graph\u00e9",
-                    ("storage", "options", "overlay", "mount_program"): "/usr/bin/fuse-overlayfs"}),
-    (ODD_BUT_VALID, {("crio", "root"): "/a", ("crio", "runroot"): '/b"c',
-                     ("crio", "crio", "api", "listen"): "/var/run/crio/crio.sock",
-                     ("crio", "after"): "still read", ("crio", "empty"): "",
-                     ("quoted key", "x", "y"): "lit\\eral"}),
-    ("", {}),
-    ("[[runtimes]]\nname = 'a'\n[[runtimes]]\nname = 'b'\n", {("runtimes", "name"): "b"}),
-    ('state = "/ok"\nthis line is not TOML\nroot = "/ok too"\n', {("state",): "/ok", ("root",): "/ok too"}),
-    ('state = "unterminated\nroot = "/r"\n', {("root",): "/r"}),
-    ('x = """never ends\nstate = "/s"\n', {}),
-])
-def test_toml_parser(text: str, expected: Dict[Tuple[str, ...], str]) -> None:
-    assert runtime_dirs.parse_toml_strings(text) == expected
-
-
-def _strings(table: Dict[str, Any], prefix: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], str]]:
-    for key, value in table.items():
-        if isinstance(value, dict):
-            yield from _strings(value, prefix + (key,))
-        elif isinstance(value, str):
-            yield prefix + (key,), value
-
-
-@pytest.mark.parametrize("text, multi_line", [
-    (CONTAINERD_V2, set()),
-    (STORAGE_CONF, {("storage", "options", "mountopt")}),
-    (ODD_BUT_VALID, {("crio", "note")}),
-])
-def test_toml_parser_agrees_with_tomllib(text: str, multi_line: "set[Tuple[str, ...]]") -> None:
-    """Every string it reads is tomllib's; it skips only the multi-line strings."""
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
-    theirs = dict(_strings(tomllib.loads(text)))
-    ours = runtime_dirs.parse_toml_strings(text)
-    assert ours.items() <= theirs.items()
-    assert set(theirs) - set(ours) == multi_line
 
 
 # --- host paths ---
@@ -380,6 +290,47 @@ def test_storage_conf_in_usr_share_only_when_etc_has_none(node: Node) -> None:
     assert node.find({}).graphroot == ("/vendor/graph",)
     node.file("/etc/containers/storage.conf", '[storage]\ndriver = "overlay"\n')  # replaces it, with no graphroot
     assert node.find({}).graphroot == ("/var/lib/containers/storage",)
+
+
+RUNTIME_CONFIG = Path(__file__).parent / "fixtures" / "runtime-config"
+
+
+def test_the_shipped_config_files_as_an_administrator_edits_them(node: Node) -> None:
+    """Debian's containerd default and containers-storage's storage.conf (SOURCES.md there),
+    with the one line an administrator changes to move the state and the graph root."""
+    containerd = (RUNTIME_CONFIG / "containerd-config.toml").read_text()
+    storage = (RUNTIME_CONFIG / "storage.conf").read_text()
+    assert 'state = "/run/containerd"\n' in containerd and 'graphroot = "/var/lib/containers/storage"\n' in storage
+    node.file("/etc/containerd/config.toml", containerd.replace('state = "/run/containerd"', 'state = "/srv/ctrd"'))
+    node.file("/etc/containers/storage.conf",
+              storage.replace('graphroot = "/var/lib/containers/storage"', 'graphroot = "/srv/graph"'))
+    for name in ("crio.conf", "crio.conf.d/05-root.conf", "crio.conf.d/10-root.conf"):
+        node.file(f"/etc/crio/{name}", (RUNTIME_CONFIG / name).read_text())
+    got = node.find({node.daemon(702, "containerd"): "containerd", node.daemon(600, "crio"): "crio"})
+    assert got.containerd == ("/srv/ctrd",)
+    assert got.graphroot == ("/d10/graph", "/srv/graph") and got.runroot == ("/d05/run", "/run/containers/storage")
+
+
+def test_a_broken_toml_file_warns_once_and_gives_the_defaults(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    """What the runtime would refuse to start with: tomllib's error, or its recursion on deep
+    nesting, ends in a warning and the defaults (the small reader, before Python 3.11, reads
+    around the line). Podman and CRI-O read the one storage.conf: one warning for it."""
+    node.file("/etc/containerd/config.toml", 'version = 2\nstate = "/run/ctrd"\nstate = "/run/twice"\n')
+    node.file("/etc/containers/storage.conf", '[storage]\ngraphroot = "/g"\nx = ' + "[" * 200_000)
+    node.file("/etc/crio/crio.conf.d/10-root.conf", '[crio]\nroot = "/d10/graph"\n[crio]\n')
+    daemons = {node.daemon(702, "containerd"): "containerd", node.daemon(600, "crio"): "crio",
+               node.daemon(500, "podman", "system", "service"): "podman"}
+    with caplog.at_level(logging.WARNING, logger="container_netstat"):
+        got = node.find(daemons)
+    if sys.version_info < (3, 11):
+        assert got.containerd == ("/run/twice",) and got.graphroot == ("/d10/graph", "/g")
+        return
+    assert got == runtime_dirs.DEFAULTS
+    warnings = sorted(r.getMessage() for r in caplog.records)
+    assert warnings == [f"{path}: not valid TOML; its settings are not read, the defaults are taken" for path in
+                        ("/etc/containerd/config.toml", "/etc/containers/storage.conf",
+                         "/etc/crio/crio.conf.d/10-root.conf")]
+    assert all(r.name == "container_netstat.runtime_dirs" for r in caplog.records)
 
 
 def test_podman_service_roots_and_storage_conf_both(node: Node) -> None:
