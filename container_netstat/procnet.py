@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Mapping
 
-from container_netstat.tcp_summary import STATE_NAMES, UNKNOWN_BACKLOG, TcpSocket, summarize
+from container_netstat.tcp_summary import STATE_NAMES, UNKNOWN_BACKLOG, TcpSocket
 from container_netstat.errors import ParseError
 
 Sections = Dict[str, Dict[str, int]]
@@ -84,7 +84,6 @@ def field(sections: Mapping[str, Mapping[str, int]], section: str, name: str, pa
 
 
 # /proc/net/tcp "st" column (include/net/tcp_states.h), as printed: two hex digits.
-TCP_STATES = {f"{number:02X}": name for number, name in STATE_NAMES.items()}
 _TCP_STATE_CODES = {code: number for number, code in ((n, f"{n:02X}") for n in STATE_NAMES)}
 # An IPv4-mapped IPv6 address in tcp6's rem_address: four 32-bit words, each printed in
 # host byte order (net/ipv6/tcp_ipv6.c get_tcp6_sock), so ::ffff: reads per byte order.
@@ -125,10 +124,3 @@ def parse_tcp_sockets(text: str, path: str = "tcp") -> List[TcpSocket]:
         sockets.append(TcpSocket(state, peer, rqueue, UNKNOWN_BACKLOG, inode))
     return sockets
 
-
-def parse_tcp_states(text: str, path: str = "tcp") -> Dict[str, int]:
-    """Count /proc/net/tcp or tcp6 lines per state name, plus ``orphan``.
-
-    The result always has every state name and ``orphan``, zero where none.
-    """
-    return dict(summarize(parse_tcp_sockets(text, path)).states)

@@ -18,6 +18,7 @@ from container_netstat.records import Sample
 
 from conftest import PROC_NET
 from test_falcon import transfer_tags
+from test_procnet import tcp_states
 
 SAMPLE_SNMP = (PROC_NET / "linux-6.18-server" / "snmp").read_text()
 SAMPLE_SOCKSTAT = (PROC_NET / "linux-6.18-server" / "sockstat").read_text()
@@ -59,7 +60,7 @@ def test_snmp_parser_never_crashes(text: str) -> None:
 @given(st.one_of(st.text(max_size=300), mutate(SAMPLE_TCP)))
 def test_tcp_table_parser_never_crashes(text: str) -> None:
     try:
-        result = procnet.parse_tcp_states(text, "tcp")
+        result = tcp_states(text, "tcp")
     except ParseError:
         pass
     else:

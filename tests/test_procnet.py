@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Dict
 
 import pytest
 
-from container_netstat import procnet
+from container_netstat import procnet, tcp_summary
 from container_netstat.errors import ParseError
 
 from conftest import PROC_NET
@@ -125,11 +126,16 @@ def test_missing_field_is_a_parse_error_not_zero() -> None:
         procnet.field(sections, "TCP", "tw", "/proc/1/net/sockstat")
 
 
+def tcp_states(text: str, path: str) -> Dict[str, int]:
+    """Lines of /proc/net/tcp or tcp6 per state name, plus ``orphan``: what the /proc path counts."""
+    return dict(tcp_summary.summarize(procnet.parse_tcp_sockets(text, path)).states)
+
+
 def test_tcp_states_recorded() -> None:
     # a recorded namespace: 3 held connections, 2 CLOSE_WAIT leaks, 2 TIME_WAIT
     d = PROC_NET / "linux-6.18-states"
-    v4 = procnet.parse_tcp_states((d / "tcp").read_text(), "tcp")
-    v6 = procnet.parse_tcp_states((d / "tcp6").read_text(), "tcp6")
+    v4 = tcp_states((d / "tcp").read_text(), "tcp")
+    v6 = tcp_states((d / "tcp6").read_text(), "tcp6")
     assert (v4["established"], v4["fin_wait2"], v4["time_wait"], v4["orphan"]) == (3, 2, 2, 2)
     assert (v6["established"], v6["close_wait"], v6["listen"], v6["orphan"]) == (3, 2, 1, 0)
 
@@ -145,4 +151,4 @@ def test_tcp_states_recorded() -> None:
 )
 def test_malformed_tcp_table(text: str, message: str) -> None:
     with pytest.raises(ParseError, match=message):
-        procnet.parse_tcp_states(text, "/proc/9/net/tcp")
+        procnet.parse_tcp_sockets(text, "/proc/9/net/tcp")
