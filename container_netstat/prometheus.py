@@ -69,12 +69,6 @@ def metric_name(falcon_name: str) -> str:
     return NAME_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", short)
 
 
-def exposed_name(falcon_name: str, counter_type: str) -> str:
-    """The series name a scrape shows: counters end in ``_total``."""
-    name = metric_name(falcon_name)
-    return name + "_total" if counter_type == metrics.COUNTER else name
-
-
 def label_name(key: str) -> str:
     """A tag key as a legal label name: ``[a-zA-Z_][a-zA-Z0-9_]*``, never the reserved ``__`` prefix."""
     name = _LABEL_UNSAFE.sub("_", key) or "_"

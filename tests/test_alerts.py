@@ -16,6 +16,7 @@ import yaml
 from container_netstat import metrics, prometheus
 
 from conftest import unavailable
+from names import exposed_name
 
 ALERTS = Path(__file__).parent.parent / "alerts"
 RULES = ALERTS / "container-netstat.rules.yml"
@@ -29,9 +30,9 @@ NODE_EXPORTER = {"node_textfile_scrape_error", "node_textfile_mtime_seconds"}
 
 
 def emitted_prometheus_names() -> Set[str]:
-    names = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
+    names = {exposed_name(metrics.PREFIX + m.name, m.counter_type)
              for m in metrics.NETNS_METRICS + metrics.HOST_METRICS}
-    names |= {prometheus.exposed_name(metrics.PREFIX + n, metrics.GAUGE) for n, _ in metrics.COLLECTOR_METRICS}
+    names |= {exposed_name(metrics.PREFIX + n, metrics.GAUGE) for n, _ in metrics.COLLECTOR_METRICS}
     return names | {name for name, _ in prometheus.HEALTH_METRICS}
 
 
@@ -159,7 +160,7 @@ SIGNALS = ("tcp.state.close_wait", "tcp.listen_overflows", "tcp.retrans_segs",
 def test_the_signals_operators_ask_for_are_covered(short: str) -> None:
     name = metrics.PREFIX + short
     assert name in {s["metric"] for s in strategies()}
-    assert prometheus.exposed_name(name, falcon_names()[name]) in rule_metric_names()
+    assert exposed_name(name, falcon_names()[name]) in rule_metric_names()
 
 
 def test_the_collector_staleness_is_covered() -> None:
@@ -171,5 +172,5 @@ def test_port_pressure_is_judged_on_the_namespace_range_not_on_time_wait() -> No
     # sockets toward every remote, while connect() reuses a local port toward another remote
     # (net/ipv4/inet_hashtables.c __inet_hash_connect, __inet_check_established).
     timewait = metrics.PREFIX + "tcp.timewait"
-    assert prometheus.exposed_name(timewait, metrics.GAUGE) not in rule_metric_names()
+    assert exposed_name(timewait, metrics.GAUGE) not in rule_metric_names()
     assert timewait not in {s["metric"] for s in strategies()}

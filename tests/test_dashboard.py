@@ -16,11 +16,12 @@ from typing import Any, Dict, Iterator, List, Set
 import pytest
 
 from container_netstat import metrics, prometheus
+from names import exposed_name
 from test_alerts import NODE_EXPORTER, emitted_prometheus_names, metric_names
 
 DASHBOARD = Path(__file__).parent.parent / "contrib" / "grafana" / "container-netstat.json"
 SELECTOR_VARIABLES = ("instance", "namespace", "pod", "container")
-COUNTERS = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
+COUNTERS = {exposed_name(metrics.PREFIX + m.name, m.counter_type)
             for m in metrics.NETNS_METRICS if m.counter_type == metrics.COUNTER}
 
 
@@ -124,7 +125,7 @@ def test_it_reads_only_series_that_are_served() -> None:
     assert pattern is not None
     matched = {n for n in served if re.fullmatch(pattern.group(1), n)}
     assert "container_netstat_tcp_state_close_wait" in matched
-    assert matched == {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
+    assert matched == {exposed_name(metrics.PREFIX + m.name, m.counter_type)
                        for m in metrics.NETNS_METRICS if m.name.startswith("tcp.state.")}
 
 
@@ -179,6 +180,6 @@ def test_the_falcon_screen_counters_in_the_docs_are_items_the_tool_emits() -> No
     assert named - {metrics.PREFIX + "tcp.state.<state>"} <= emitted, named - emitted
     # Every per-container series a Grafana panel reads has its counter on the screen.
     read = {n for e in exprs(load()) for n in metric_names(e)} - {"__name__", *NODE_EXPORTER}
-    falcon = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type): metrics.PREFIX + m.name
+    falcon = {exposed_name(metrics.PREFIX + m.name, m.counter_type): metrics.PREFIX + m.name
               for m in metrics.NETNS_METRICS}
     assert {falcon[n] for n in read if n in falcon and not n.startswith("container_netstat_tcp_state_")} <= named

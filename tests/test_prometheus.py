@@ -23,6 +23,7 @@ from container_netstat.records import Container, HostStats, NetnsStats, Readings
 from container_netstat.prometheus import RunHealth, TextfileError, render, write_textfile
 
 from conftest import unavailable
+from names import exposed_name
 
 # cAdvisor's network series (kubelet serves the tcp/udp ones as 0): none of ours may be one of them.
 CADVISOR = (
@@ -122,19 +123,19 @@ def test_the_cli_writes_the_health_gauges_of_its_own_run(tmp_path: Path) -> None
 
 def test_every_catalogue_metric_gets_our_prefix_and_counters_end_in_total() -> None:
     for m in metrics.NETNS_METRICS + metrics.HOST_METRICS:
-        name = prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
+        name = exposed_name(metrics.PREFIX + m.name, m.counter_type)
         assert name.startswith("container_netstat_"), name
         assert name.endswith("_total") == (m.counter_type == COUNTER), name
         assert name not in CADVISOR
-    assert prometheus.exposed_name("container.net.tcp.state.close_wait", GAUGE) == "container_netstat_tcp_state_close_wait"
-    assert prometheus.exposed_name("container.net.tcp.listen_overflows", COUNTER) == (
+    assert exposed_name("container.net.tcp.state.close_wait", GAUGE) == "container_netstat_tcp_state_close_wait"
+    assert exposed_name("container.net.tcp.listen_overflows", COUNTER) == (
         "container_netstat_tcp_listen_overflows_total")
 
 
 def test_rendered_names_are_what_exposed_name_says() -> None:
     samples = every_catalogue_sample()
     served = {s[0] for _, (_, _, rows) in parse(render(samples)).items() for s in rows}
-    assert served == {prometheus.exposed_name(s.metric, s.counter_type) for s in samples}
+    assert served == {exposed_name(s.metric, s.counter_type) for s in samples}
 
 
 @pytest.mark.parametrize(
@@ -367,7 +368,7 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path: Path) -> None:
 def test_every_series_name_is_documented_with_its_closest_cadvisor_series() -> None:
     root = Path(__file__).parent.parent
     text = (root / "docs" / "metrics.rst").read_text()
-    names = {prometheus.exposed_name(metrics.PREFIX + m.name, m.counter_type)
+    names = {exposed_name(metrics.PREFIX + m.name, m.counter_type)
              for m in metrics.NETNS_METRICS + metrics.HOST_METRICS if not m.name.startswith("tcp.state.")}
     names |= {prometheus.metric_name(metrics.PREFIX + n) for n, _ in metrics.COLLECTOR_METRICS}
     names |= {name for name, _ in prometheus.HEALTH_METRICS}
