@@ -94,9 +94,11 @@ class HostStats:
 
 @dataclass(frozen=True)
 class Figures:
-    """The sockets one container or pod holds."""
+    """The sockets one host-network container or pod holds (hostnet.py)."""
 
-    tcp: TcpSummary  # time_wait, syn_recv and orphan are 0 by construction (see above)
+    # time_wait, syn_recv and orphan are 0 by construction: those sockets have inode 0, no
+    # process holds them ("What cannot be attributed" in hostnet.py's docstring)
+    tcp: TcpSummary
     tcp_inuse: int
     udp_inuse: int
 
