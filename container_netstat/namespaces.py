@@ -49,6 +49,8 @@ JOIN_SLACK = 2.0
 # MPTcpExt: hundreds of fields) is dropped at once, not kept for every namespace.
 SNMP_SECTIONS = ("Tcp", "Udp")
 NETSTAT_SECTIONS = ("TcpExt",)
+_parse_snmp = partial(procnet.parse_snmp, keep=SNMP_SECTIONS)
+_parse_netstat = partial(procnet.parse_snmp, keep=NETSTAT_SECTIONS)
 
 
 def identity_tags(members: Sequence[Container], owner: Container) -> Tags:
@@ -89,10 +91,6 @@ def _parse(proc: ProcFS, pid: int, name: str, parser):  # type: ignore[no-untype
     return parser(proc.read_net(pid, name), proc.path(pid, "net", name))
 
 
-def _only(sections: procnet.Sections, keep: Tuple[str, ...]) -> procnet.Sections:
-    return {name: fields for name, fields in sections.items() if name in keep}
-
-
 def _tcp_sockets(sockstat: procnet.Sections, sockstat6: procnet.Sections, path: str) -> int:
     """TCP sockets of a namespace by sockstat: inuse (IPv4 and IPv6) and TIME_WAIT."""
     return (procnet.field(sockstat, "TCP", "inuse", path) + procnet.field(sockstat, "TCP", "tw", path)
@@ -121,9 +119,9 @@ def read_netns(
         if proc.has_net(pid, "sockstat6"):
             sockstat6 = _parse(proc, pid, "sockstat6", procnet.parse_sockstat)
     if BASIC in groups or COUNTERS in groups:
-        snmp = _only(_parse(proc, pid, "snmp", procnet.parse_snmp), SNMP_SECTIONS)
+        snmp = _parse(proc, pid, "snmp", _parse_snmp)
     if COUNTERS in groups:
-        netstat = _only(_parse(proc, pid, "netstat", procnet.parse_snmp), NETSTAT_SECTIONS)
+        netstat = _parse(proc, pid, "netstat", _parse_netstat)
     if STATES in groups:
         reader = tcp or TcpReader(proc)
         if _tcp_sockets(sockstat, sockstat6, proc.path(pid, "net", "sockstat")) == 0:
