@@ -36,7 +36,6 @@ import errno
 import itertools
 import logging
 import os
-import secrets
 import socket
 import threading
 from dataclasses import dataclass
@@ -64,7 +63,9 @@ RECV_BUFFER = 65536  # the kernel fills dump datagrams up to 32 KiB (net/netlink
 DUMP_SECONDS = 5.0
 # Sequence numbers: one per request, from a random start, so that no reply of an earlier
 # request (or a guess) matches a later one. next() of itertools.count is atomic in CPython.
-_SEQUENCE = itertools.count(secrets.randbits(31) + 1)
+# os.urandom is what secrets.randbits reads (random.SystemRandom), without importing
+# secrets, hmac, hashlib and random at every start.
+_SEQUENCE = itertools.count((int.from_bytes(os.urandom(4), "little") >> 1) + 1)
 T = TypeVar("T")
 
 
