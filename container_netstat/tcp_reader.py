@@ -45,7 +45,7 @@ from container_netstat import tcp_summary, procnet, sockdiag
 from container_netstat.deadline import Deadline, OutOfTime
 from container_netstat.tcp_summary import TcpSocket
 from container_netstat.errors import ContainerNetstatError, ParseError, ProcessGone, ProcReadError
-from container_netstat.procfs import ProcFS
+from container_netstat.procfs import ProcFS, read_bytes
 from container_netstat.records import TcpReading
 
 log = logging.getLogger(__name__)
@@ -526,7 +526,6 @@ def _replies(sock: socket.socket, path: str, until: Deadline) -> Iterator[Tuple[
 def _read_inside(path: str) -> Optional[str]:
     """A /proc/sys file as the current namespace sees it; None where the kernel has none."""
     try:
-        with open(path, encoding="ascii") as f:
-            return f.read(SYSCTL_BYTES)
+        return read_bytes(path, SYSCTL_BYTES).decode("ascii")
     except (OSError, ValueError):  # ValueError: not ASCII, so not the kernel's number
         return None
