@@ -27,8 +27,7 @@ from functools import partial
 from types import TracebackType
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
-from container_netstat import tcp_summary, hostnet, procnet, settings
-from container_netstat.cgroup_members import MemberFinder
+from container_netstat import tcp_summary, procnet, settings
 from container_netstat.deadline import Deadline, OutOfTime
 from container_netstat.errors import ContainerNetstatError, ProcessGone
 from container_netstat.kubernetes import POD_UID
@@ -275,7 +274,7 @@ def read_namespaces(
     groups: AbstractSet[str] = DEFAULT_GROUPS,
     tcp: Optional[TcpReader] = None,
     scanned: Optional[Mapping[str, Iterable[int]]] = None,
-    fd_cap: int = hostnet.FD_CAP,
+    fd_cap: Optional[int] = None,
     deadline: Optional[Deadline] = None,
     workers: int = settings.DEFAULT_WORKERS,
     still_ours: Optional[Callable[[Container, int], bool]] = None,
@@ -284,7 +283,8 @@ def read_namespaces(
 
     ``tcp`` reads TCP states (probed by the caller); one is made here if the group is asked
     for without it. ``scanned``: every pid of each container, where the discovery backend
-    has scanned them already (discovery.py); ``fd_cap`` bounds the hostnet group's fd reads.
+    has scanned them already (discovery.py); ``fd_cap`` bounds the hostnet group's fd reads
+    (default hostnet.FD_CAP).
     ``deadline``: the run's; namespaces not started by then are in ``Snapshot.late``, and
     each dump takes its budget from it. ``workers``: threads reading namespaces (1: one
     after the other). ``still_ours(container, pid)``: asked with the pid's namespace held
@@ -448,12 +448,16 @@ def _hostnet(
     proc: ProcFS,
     tcp: Optional[TcpReader],
     scanned: Optional[Mapping[str, Iterable[int]]],
-    fd_cap: int,
+    fd_cap: Optional[int],
     deadline: Optional[Deadline] = None,
 ) -> Report:
     """One hostnet group per host-network container with the containers that join it,
     merged by identity tags: a pod's containers (each on the host network, or joined to
     its sandbox) make one group."""
+    # Imported here: only the hostnet group reads processes' fds.
+    from container_netstat import hostnet
+    from container_netstat.cgroup_members import MemberFinder
+
     wanted = [*host_roots, *(j for c in host_roots for j in joiners.get(c.id, [])),
               *(j for c, _ in host_entries for j in joiners.get(c.id, []))]
     resolved = resolver.resolve([(c.id, c.labels.get(POD_UID, "")) for c in wanted],
@@ -476,7 +480,8 @@ def _hostnet(
         reader = TcpReader(proc)
         reader.probe()
     finder = MemberFinder(proc, resolver.cgroup_root, known=scanned)
-    report = hostnet.read_groups(groups, reader, proc, finder, HOST_PID, fd_cap, deadline=deadline)
+    report = hostnet.read_groups(groups, reader, proc, finder, HOST_PID, hostnet.FD_CAP if fd_cap is None else fd_cap,
+                                 deadline=deadline)
     if tcp is None:
         reader.close()
     return replace(report, gone=(*gone, *report.gone))

@@ -147,9 +147,10 @@ def test_only_a_local_docker_socket_skips_the_sdk() -> None:
 
 
 # What a dry run printing JSON has no use for: the Prometheus text format, transfer's RPC check
-# (no --transfer-addr given), and secrets with hmac and hashlib (random names and netlink
-# sequence numbers come from os.urandom).
-NOT_FOR_A_DRY_RUN = ("container_netstat.prometheus", "container_netstat.transfer", "secrets", "hmac", "hashlib")
+# (no --transfer-addr given), the hostnet group (not a default group), and secrets with hmac
+# and hashlib (random names and netlink sequence numbers come from os.urandom).
+NOT_FOR_A_DRY_RUN = ("container_netstat.prometheus", "container_netstat.transfer", "container_netstat.hostnet",
+                     "container_netstat.cgroup_members", "secrets", "hmac", "hashlib")
 
 
 def test_a_dry_run_loads_no_module_it_does_not_use() -> None:
@@ -161,6 +162,9 @@ def test_a_dry_run_loads_no_module_it_does_not_use() -> None:
 def test_the_modules_left_out_still_load_when_asked_for() -> None:
     modules = imported("collect", "--format", "prometheus", "--runtime", "proc", "--include", "no-such-container-*")
     assert "container_netstat.prometheus" in modules
+    modules = imported("collect", "--dry-run", "--metrics", "basic,hostnet", "--runtime", "proc", "--include",
+                       "no-such-container-*")
+    assert "container_netstat.hostnet" in modules
     done = subprocess.run([sys.executable, "-m", "container_netstat", "collect", "--dry-run", "--runtime", "proc",
                            "--transfer-addr", "no-port-here"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--transfer-addr" in done.stderr, done.stderr
