@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 DOCKER = "docker"
@@ -146,6 +147,10 @@ class Attribution:
     others: FrozenSet[str] = frozenset()
 
 
+# A run checks each container's pid up to three times (the resolution, after the namespace's
+# key, with the namespace held open: pids.py, namespaces.py); every check reads the file
+# again, and the same text gives the same (immutable) answer without being parsed again.
+@lru_cache(maxsize=1024)
 def attribute(text: str) -> Attribution:
     """The owner of a ``/proc/<pid>/cgroup`` text by the outermost rule, on the first line that
     names a container (the v1 hierarchies come before ``0::``, as the kernel prints them)."""

@@ -55,6 +55,8 @@ STATE_SORTS = ("close_wait", "listen_fill")  # table columns of the states group
 
 def _transfer_addrs(ctx: click.Context, param: click.Parameter, values: Tuple[str, ...]) -> Tuple[str, ...]:
     """--transfer-addr HOST:PORT values, checked before any work is done."""
+    if not values:  # click calls this for the default too: no transfer module to import then
+        return ()
     from container_netstat.transfer import TransferError, split_addr
 
     for value in values:
@@ -456,13 +458,18 @@ def _agent_endpoint(delivery: Delivery, run_deadline: Deadline, pushing: "Option
 
 def _emit(chosen: "List[Output]", samples: "List[Any]", items: "List[Any]", collected_at: int) -> None:
     """Write the run's data; an unwritable textfile loses this run's values, as an unwritable spool does."""
-    from container_netstat.prometheus import TextfileError
+    from container_netstat.errors import ContainerNetstatError
 
     try:
         for output in chosen:
             output.emit(samples, items, collected_at)
-    except TextfileError as err:
-        raise _fail(EXIT_LOST, f"{err} (see --textfile)") from err
+    except ContainerNetstatError as err:
+        # Imported here: a run without the Prometheus outputs never loads that module.
+        from container_netstat.prometheus import TextfileError
+
+        if isinstance(err, TextfileError):
+            raise _fail(EXIT_LOST, f"{err} (see --textfile)") from err
+        raise
 
 
 def _locked_spool(directory: Optional[str], max_age: int, max_bytes: int) -> "Spool":

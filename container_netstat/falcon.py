@@ -62,6 +62,7 @@ def to_item(sample: Sample, endpoint: str, timestamp: int, step: int) -> Item:
 def build_items(samples: Iterable[Sample], endpoint: str, timestamp: int, step: int) -> List[Item]:
     """The payload for one run, with the endpoint sanitized once."""
     safe_endpoint = sanitize(endpoint, MAX_FIELD_BYTES)
+    timestamp, step = int(timestamp), int(step)  # once, not once per item
     items = [to_item(s, safe_endpoint, timestamp, step) for s in samples]
     for item in items:
         # metric names are ours and short, tags are capped: this holds by construction.

@@ -258,23 +258,30 @@ def _emitted(metric: Metric, scopes: Mapping[str, str], groups: AbstractSet[str]
     return metric.group in groups and (metric.scope_field is None or scopes[metric.scope_field] == where)
 
 
-def netns_samples(ns: NetnsStats, scopes: Mapping[str, str], groups: AbstractSet[str] = DEFAULT_GROUPS) -> List[Sample]:
-    """Samples of one container namespace; kernel-dependent fields only where per namespace."""
+def _netns_plan(scopes: Mapping[str, str], groups: AbstractSet[str]) -> Tuple[Tuple[Metric, str], ...]:
+    """The namespace metrics this run emits, each with its emitted name: chosen once per run,
+    not once per namespace."""
+    return tuple((m, PREFIX + m.name) for m in NETNS_METRICS if _emitted(m, scopes, groups, NETNS))
+
+
+def netns_samples(ns: NetnsStats, scopes: Mapping[str, str], groups: AbstractSet[str] = DEFAULT_GROUPS,
+                  plan: Optional[Tuple[Tuple[Metric, str], ...]] = None) -> List[Sample]:
+    """Samples of one container namespace; kernel-dependent fields only where per namespace.
+    ``plan``: ``_netns_plan(scopes, groups)``, when the caller has it already."""
     samples = []
-    for m in NETNS_METRICS:
-        if not _emitted(m, scopes, groups, NETNS):
-            continue
-        if m.group == STATES and ns.readings.tcp_missing:
+    readings, tags = ns.readings, ns.tags
+    for m, name in _netns_plan(scopes, groups) if plan is None else plan:
+        if m.group == STATES and readings.tcp_missing:
             continue  # its dump failed (namespaces.py): no items for the states, not zeros
         try:
-            value = m.get(ns.readings)
+            value = m.get(readings)
         except ParseError:
             if m.optional:
                 continue  # this kernel does not have the counter
             raise
         if value is None:
             continue
-        samples.append(Sample(PREFIX + m.name, value, m.counter_type, ns.tags))
+        samples.append(Sample(name, value, m.counter_type, tags))
     return samples
 
 
@@ -305,9 +312,10 @@ def snapshot_samples(
         log.error("host: %s", err)
         failed.append(("host", str(err)))
     reported = 0
+    plan = _netns_plan(scopes, groups)
     for ns in snapshot.namespaces:
         try:
-            samples += netns_samples(ns, scopes, groups)
+            samples += netns_samples(ns, scopes, groups, plan)
             reported += 1
         except ContainerNetstatError as err:
             log.error("container %s: %s", ns.owner.name, err)

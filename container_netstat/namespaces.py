@@ -27,8 +27,7 @@ from functools import partial
 from types import TracebackType
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
-from container_netstat import tcp_summary, hostnet, procnet, settings
-from container_netstat.cgroup_members import MemberFinder
+from container_netstat import tcp_summary, procnet, settings
 from container_netstat.deadline import Deadline, OutOfTime
 from container_netstat.errors import ContainerNetstatError, ProcessGone
 from container_netstat.kubernetes import POD_UID
@@ -49,6 +48,8 @@ JOIN_SLACK = 2.0
 # MPTcpExt: hundreds of fields) is dropped at once, not kept for every namespace.
 SNMP_SECTIONS = ("Tcp", "Udp")
 NETSTAT_SECTIONS = ("TcpExt",)
+_parse_snmp = partial(procnet.parse_snmp, keep=SNMP_SECTIONS)
+_parse_netstat = partial(procnet.parse_snmp, keep=NETSTAT_SECTIONS)
 
 
 def identity_tags(members: Sequence[Container], owner: Container) -> Tags:
@@ -89,10 +90,6 @@ def _parse(proc: ProcFS, pid: int, name: str, parser):  # type: ignore[no-untype
     return parser(proc.read_net(pid, name), proc.path(pid, "net", name))
 
 
-def _only(sections: procnet.Sections, keep: Tuple[str, ...]) -> procnet.Sections:
-    return {name: fields for name, fields in sections.items() if name in keep}
-
-
 def _tcp_sockets(sockstat: procnet.Sections, sockstat6: procnet.Sections, path: str) -> int:
     """TCP sockets of a namespace by sockstat: inuse (IPv4 and IPv6) and TIME_WAIT."""
     return (procnet.field(sockstat, "TCP", "inuse", path) + procnet.field(sockstat, "TCP", "tw", path)
@@ -121,9 +118,9 @@ def read_netns(
         if proc.has_net(pid, "sockstat6"):
             sockstat6 = _parse(proc, pid, "sockstat6", procnet.parse_sockstat)
     if BASIC in groups or COUNTERS in groups:
-        snmp = _only(_parse(proc, pid, "snmp", procnet.parse_snmp), SNMP_SECTIONS)
+        snmp = _parse(proc, pid, "snmp", _parse_snmp)
     if COUNTERS in groups:
-        netstat = _only(_parse(proc, pid, "netstat", procnet.parse_snmp), NETSTAT_SECTIONS)
+        netstat = _parse(proc, pid, "netstat", _parse_netstat)
     if STATES in groups:
         reader = tcp or TcpReader(proc)
         if _tcp_sockets(sockstat, sockstat6, proc.path(pid, "net", "sockstat")) == 0:
@@ -277,7 +274,7 @@ def read_namespaces(
     groups: AbstractSet[str] = DEFAULT_GROUPS,
     tcp: Optional[TcpReader] = None,
     scanned: Optional[Mapping[str, Iterable[int]]] = None,
-    fd_cap: int = hostnet.FD_CAP,
+    fd_cap: Optional[int] = None,
     deadline: Optional[Deadline] = None,
     workers: int = settings.DEFAULT_WORKERS,
     still_ours: Optional[Callable[[Container, int], bool]] = None,
@@ -286,7 +283,8 @@ def read_namespaces(
 
     ``tcp`` reads TCP states (probed by the caller); one is made here if the group is asked
     for without it. ``scanned``: every pid of each container, where the discovery backend
-    has scanned them already (discovery.py); ``fd_cap`` bounds the hostnet group's fd reads.
+    has scanned them already (discovery.py); ``fd_cap`` bounds the hostnet group's fd reads
+    (default hostnet.FD_CAP).
     ``deadline``: the run's; namespaces not started by then are in ``Snapshot.late``, and
     each dump takes its budget from it. ``workers``: threads reading namespaces (1: one
     after the other). ``still_ours(container, pid)``: asked with the pid's namespace held
@@ -450,12 +448,16 @@ def _hostnet(
     proc: ProcFS,
     tcp: Optional[TcpReader],
     scanned: Optional[Mapping[str, Iterable[int]]],
-    fd_cap: int,
+    fd_cap: Optional[int],
     deadline: Optional[Deadline] = None,
 ) -> Report:
     """One hostnet group per host-network container with the containers that join it,
     merged by identity tags: a pod's containers (each on the host network, or joined to
     its sandbox) make one group."""
+    # Imported here: only the hostnet group reads processes' fds.
+    from container_netstat import hostnet
+    from container_netstat.cgroup_members import MemberFinder
+
     wanted = [*host_roots, *(j for c in host_roots for j in joiners.get(c.id, [])),
               *(j for c, _ in host_entries for j in joiners.get(c.id, []))]
     resolved = resolver.resolve([(c.id, c.labels.get(POD_UID, "")) for c in wanted],
@@ -478,7 +480,8 @@ def _hostnet(
         reader = TcpReader(proc)
         reader.probe()
     finder = MemberFinder(proc, resolver.cgroup_root, known=scanned)
-    report = hostnet.read_groups(groups, reader, proc, finder, HOST_PID, fd_cap, deadline=deadline)
+    report = hostnet.read_groups(groups, reader, proc, finder, HOST_PID, hostnet.FD_CAP if fd_cap is None else fd_cap,
+                                 deadline=deadline)
     if tcp is None:
         reader.close()
     return replace(report, gone=(*gone, *report.gone))

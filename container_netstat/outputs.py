@@ -150,9 +150,11 @@ class PushOutput:
 def with_health(chosen: List[Output], snapshot: "Snapshot", started: float) -> None:
     """Give the Prometheus outputs the run's own health gauges (prometheus.RunHealth), one
     reading for all: ``started`` is the run's ``time.monotonic()`` at its start."""
+    wanting = [output for output in chosen if isinstance(output, (PrometheusOutput, TextfileOutput))]
+    if not wanting:  # the JSON and table outputs never load the Prometheus module
+        return
     from container_netstat.prometheus import RunHealth
 
     health = RunHealth.of(snapshot, started)
-    for output in chosen:
-        if isinstance(output, (PrometheusOutput, TextfileOutput)):
-            output.health = health
+    for output in wanting:
+        output.health = health

@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 from container_netstat import cgroups
 from container_netstat.errors import ContainerNetstatError
-from container_netstat.procfs import ProcFS
+from container_netstat.procfs import ProcFS, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ class Resolved:
 def _read_pids(path: str) -> List[int]:
     """The pids in a cgroup.procs or pid file, lowest first (the container's init, usually)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(65536)
+        data = read_bytes(path, 65536)
     except OSError:
         return []
     return sorted(int(tok) for tok in data.split() if tok.isdigit())

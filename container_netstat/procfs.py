@@ -18,19 +18,45 @@ DEFAULT_PROC_ROOT = "/proc"
 READ_SIZE = 65536  # per read(); a /proc/<pid>/net file of a busy namespace takes a few
 
 
+def read_bytes(path: str, limit: Optional[int] = None) -> bytes:
+    """A /proc (or /sys, cgroup) file, whole or its first ``limit`` bytes. os.open and os.read,
+    not open(): a buffered file object costs an fstat, an ioctl and an lseek more per file,
+    and a run reads several files per namespace."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts = []
+        left = READ_SIZE if limit is None else limit
+        while left > 0:
+            data = os.read(fd, min(READ_SIZE, left))
+            if not data:
+                break
+            parts.append(data)
+            if limit is not None:
+                left -= len(data)
+    finally:
+        os.close(fd)
+    return b"".join(parts)
+
+
 class ProcFS:
     """Access to one proc mount (the host's /proc, possibly mounted elsewhere)."""
 
     def __init__(self, root: str = DEFAULT_PROC_ROOT) -> None:
         self.root = root
+        self._base = os.path.join(root, "")  # the root with one trailing separator
 
     def path(self, *parts: object) -> str:
+        """``os.path.join(root, *parts)``. A run builds a dozen of these per namespace, so plain
+        names (no empty part, none absolute, no separator at either end) are joined directly;
+        anything else goes through os.path.join."""
+        tail = "/".join(map(str, parts))
+        if tail and tail[0] != "/" and tail[-1] != "/" and "//" not in tail:
+            return self._base + tail
         return os.path.join(self.root, *(str(p) for p in parts))
 
     def _pid_is_gone(self, pid: int) -> bool:
         try:
-            with open(self.path(pid, "stat"), "rb") as f:
-                stat = f.read()
+            stat = read_bytes(self.path(pid, "stat"))
         except OSError:
             return True
         # The state is the field after the parenthesised command name.
@@ -50,22 +76,11 @@ class ProcFS:
         return ProcReadError(f"{path}: {'no such file' if missing else err.strerror or err}")
 
     def _read(self, pid: int, path: str) -> str:
-        # os.open and os.read, not open(): a buffered file object costs an fstat, an ioctl and
-        # an lseek more per file, and a run reads four or five files per namespace.
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                parts = []
-                while True:
-                    data = os.read(fd, READ_SIZE)
-                    if not data:
-                        break
-                    parts.append(data)
-            finally:
-                os.close(fd)
+            data = read_bytes(path)
         except OSError as err:
             raise self.translate(pid, path, err) from err
-        return b"".join(parts).decode("ascii", errors="replace")
+        return data.decode("ascii", errors="replace")
 
     def read_net(self, pid: int, name: str) -> str:
         """Read /proc/<pid>/net/<name> (sockstat, sockstat6, snmp, netstat)."""
@@ -90,8 +105,7 @@ class ProcFS:
     def parent_pid(self, pid: int) -> Optional[int]:
         """The pid's parent from /proc/<pid>/stat, or None if it is gone."""
         try:
-            with open(self.path(pid, "stat"), "rb") as f:
-                stat = f.read()
+            stat = read_bytes(self.path(pid, "stat"))
             return int(stat[stat.rfind(b")") + 2 :].split()[1])
         except (OSError, ValueError, IndexError):
             return None

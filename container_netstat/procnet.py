@@ -8,7 +8,7 @@ them (distribution backports reorder TcpExt, 6.x added ``Ip: OutTransmits``).
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Mapping
+from typing import Collection, Dict, List, Mapping, Optional, Set
 
 from container_netstat.tcp_summary import STATE_NAMES, UNKNOWN_BACKLOG, TcpSocket
 from container_netstat.errors import ParseError
@@ -21,6 +21,18 @@ def _to_int(token: str, path: str, lineno: int) -> int:
         return int(token)
     except ValueError:
         raise ParseError(path, f"not an integer: {token!r}", lineno) from None
+
+
+def _to_ints(tokens: List[str], path: str, lineno: int) -> List[int]:
+    """Every token as an integer. ``map(int, ...)`` first, without a Python call per token
+    (these files are parsed for every namespace of every run); the token that is not one
+    is looked for only when that fails."""
+    try:
+        return list(map(int, tokens))
+    except ValueError:
+        for token in tokens:
+            _to_int(token, path, lineno)
+        raise  # not reached: one of the tokens raised above
 
 
 def _split_prefix(line: str, path: str, lineno: int) -> tuple[str, list[str]]:
@@ -39,9 +51,7 @@ def parse_sockstat(text: str, path: str = "sockstat") -> Sections:
         prefix, tokens = _split_prefix(line, path, lineno)
         if not tokens or len(tokens) % 2:
             raise ParseError(path, f"{prefix}: expected name/value pairs", lineno)
-        fields = {
-            tokens[i]: _to_int(tokens[i + 1], path, lineno) for i in range(0, len(tokens), 2)
-        }
+        fields = dict(zip(tokens[0::2], _to_ints(tokens[1::2], path, lineno)))
         if prefix in sections:
             raise ParseError(path, f"section {prefix} appears twice", lineno)
         sections[prefix] = fields
@@ -50,14 +60,19 @@ def parse_sockstat(text: str, path: str = "sockstat") -> Sections:
     return sections
 
 
-def parse_snmp(text: str, path: str = "snmp") -> Sections:
-    """Parse snmp/netstat: pairs of a header line and a value line with the same prefix."""
+def parse_snmp(text: str, path: str = "snmp", keep: Optional[Collection[str]] = None) -> Sections:
+    """Parse snmp/netstat: pairs of a header line and a value line with the same prefix.
+
+    ``keep``: the sections to return (all by default). The others are checked all the same
+    (prefixes, counts, integers) and then dropped, not kept for every namespace.
+    """
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise ParseError(path, "empty file")
     if len(lines) % 2:
         raise ParseError(path, "header line without a value line", lines[-1][0])
     sections: Sections = {}
+    seen: Set[str] = set()
     for (hno, header), (vno, values) in zip(lines[0::2], lines[1::2]):
         hprefix, names = _split_prefix(header, path, hno)
         vprefix, tokens = _split_prefix(values, path, vno)
@@ -67,11 +82,12 @@ def parse_snmp(text: str, path: str = "snmp") -> Sections:
             raise ParseError(
                 path, f"{hprefix}: {len(names)} names but {len(tokens)} values", vno
             )
-        if hprefix in sections:
+        if hprefix in seen:
             raise ParseError(path, f"section {hprefix} appears twice", hno)
-        sections[hprefix] = {
-            name: _to_int(tok, path, vno) for name, tok in zip(names, tokens)
-        }
+        seen.add(hprefix)
+        numbers = _to_ints(tokens, path, vno)
+        if keep is None or hprefix in keep:
+            sections[hprefix] = dict(zip(names, numbers))
     return sections
 
 

@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import stat
 import time
 import zlib
@@ -272,7 +271,7 @@ class Spool:
         On any failure (a full disk, a read-only one) nothing of the batch is left behind.
         """
         data = encode(items)
-        name = f"{timestamp:010d}-{seq:04d}-{secrets.token_hex(4)}{SUFFIX}"
+        name = f"{timestamp:010d}-{seq:04d}-{os.urandom(4).hex()}{SUFFIX}"
         final = self.directory / name
         try:
             self._dir().write(name, data, 0o600, f"{TMP_PREFIX}{name}")
@@ -306,7 +305,7 @@ class Spool:
         if self.remembered_name() == name:
             return
         directory = self._dir()
-        temp = f"{TMP_PREFIX}{NAME_FILE}-{secrets.token_hex(4)}"
+        temp = f"{TMP_PREFIX}{NAME_FILE}-{os.urandom(4).hex()}"
         try:
             directory.write(NAME_FILE, f"{name}\n".encode("utf-8"), 0o600, temp, durable=False)
         except SafeDirError as err:

@@ -36,7 +36,6 @@ import errno
 import itertools
 import logging
 import os
-import secrets
 import socket
 import threading
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from container_netstat import tcp_summary, procnet, sockdiag
 from container_netstat.deadline import Deadline, OutOfTime
 from container_netstat.tcp_summary import TcpSocket
 from container_netstat.errors import ContainerNetstatError, ParseError, ProcessGone, ProcReadError
-from container_netstat.procfs import ProcFS
+from container_netstat.procfs import ProcFS, read_bytes
 from container_netstat.records import TcpReading
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,9 @@ RECV_BUFFER = 65536  # the kernel fills dump datagrams up to 32 KiB (net/netlink
 DUMP_SECONDS = 5.0
 # Sequence numbers: one per request, from a random start, so that no reply of an earlier
 # request (or a guess) matches a later one. next() of itertools.count is atomic in CPython.
-_SEQUENCE = itertools.count(secrets.randbits(31) + 1)
+# os.urandom is what secrets.randbits reads (random.SystemRandom), without importing
+# secrets, hmac, hashlib and random at every start.
+_SEQUENCE = itertools.count((int.from_bytes(os.urandom(4), "little") >> 1) + 1)
 T = TypeVar("T")
 
 
@@ -525,7 +526,6 @@ def _replies(sock: socket.socket, path: str, until: Deadline) -> Iterator[Tuple[
 def _read_inside(path: str) -> Optional[str]:
     """A /proc/sys file as the current namespace sees it; None where the kernel has none."""
     try:
-        with open(path, encoding="ascii") as f:
-            return f.read(SYSCTL_BYTES)
+        return read_bytes(path, SYSCTL_BYTES).decode("ascii")
     except (OSError, ValueError):  # ValueError: not ASCII, so not the kernel's number
         return None

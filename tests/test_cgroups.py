@@ -208,3 +208,14 @@ def test_places_tell_two_claims_of_one_id_apart() -> None:
     b = cgroups.attribute(v1(f"/system.slice/docker-{ID}.scope/sub"))
     assert a.owner is not None and b.owner is not None and a.owner.id == b.owner.id == ID
     assert (a.place, b.place) == (f"docker/{ID}", f"system.slice/docker-{ID}.scope")
+
+
+def test_a_remembered_answer_is_the_parse_of_the_same_text() -> None:
+    texts = [text for _, text, _ in ROWS]
+    for text in texts + texts[::-1] + texts:  # asked again, in another order: the same answers
+        assert cgroups.attribute(text) == cgroups.attribute.__wrapped__(text)
+    mine, other = v1(f"/docker/{ID}"), v1(f"/docker/{INNER}")
+    assert cgroups.attribute(mine).owner == CgroupOwner(DOCKER, ID)
+    assert cgroups.attribute(other).owner == CgroupOwner(DOCKER, INNER)  # the pid reused elsewhere
+    assert cgroups.attribute(mine).owner == CgroupOwner(DOCKER, ID)
+    assert cgroups.attribute.cache_info().maxsize == 1024  # bounded, whatever the texts

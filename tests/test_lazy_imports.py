@@ -144,3 +144,35 @@ def test_only_a_local_docker_socket_skips_the_sdk() -> None:
     assert docker_api.unix_path("unix://relative.sock") is None
     assert discovery.DockerBackend({}, 1).plain_list
     assert not discovery.PodmanBackend("unix:///run/podman/podman.sock", 1, None).plain_list  # type: ignore[arg-type]
+
+
+# What a dry run printing JSON has no use for: the Prometheus text format, transfer's RPC check
+# (no --transfer-addr given), the hostnet group (not a default group), and secrets with hmac
+# and hashlib (random names and netlink sequence numbers come from os.urandom).
+NOT_FOR_A_DRY_RUN = ("container_netstat.prometheus", "container_netstat.transfer", "container_netstat.hostnet",
+                     "container_netstat.cgroup_members", "secrets", "hmac", "hashlib")
+
+
+def test_a_dry_run_loads_no_module_it_does_not_use() -> None:
+    modules = imported("collect", "--dry-run", "--runtime", "proc", "--include", "no-such-container-*")
+    assert "container_netstat.tcp_reader" in modules and "container_netstat.spool" in modules
+    assert [m for m in NOT_FOR_A_DRY_RUN if m in modules] == []
+
+
+def test_the_modules_left_out_still_load_when_asked_for() -> None:
+    modules = imported("collect", "--format", "prometheus", "--runtime", "proc", "--include", "no-such-container-*")
+    assert "container_netstat.prometheus" in modules
+    modules = imported("collect", "--dry-run", "--metrics", "basic,hostnet", "--runtime", "proc", "--include",
+                       "no-such-container-*")
+    assert "container_netstat.hostnet" in modules
+    done = subprocess.run([sys.executable, "-m", "container_netstat", "collect", "--dry-run", "--runtime", "proc",
+                           "--transfer-addr", "no-port-here"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--transfer-addr" in done.stderr, done.stderr
+
+
+def test_each_process_starts_its_sequence_numbers_elsewhere() -> None:
+    code = "from container_netstat import tcp_reader; print(tcp_reader._next_seq())"
+    starts = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             check=True).stdout.strip() for _ in range(3)}
+    assert len(starts) == 3
+    assert all(0 < int(s) < 2**31 + 1 for s in starts)

@@ -213,3 +213,17 @@ def test_containers_not_read_before_the_deadline_count_as_failed() -> None:
     values = {(s.metric, s.tags): s.value for s in samples}
     assert values[("container.net.collector.failed", ())] == 3
     assert [name for name, _ in failed] == ["x"]  # the exit code counts late containers on its own (cli.py)
+
+
+@pytest.mark.parametrize("release", ["3.10.0", "4.19.0", "6.18.44"])
+@pytest.mark.parametrize("groups", [{"basic"}, {"counters"}, {"basic", "counters"}])
+def test_the_plan_made_once_gives_the_samples_made_each_time(release: str, groups: set) -> None:
+    scopes = kernel_scopes.field_scopes(release)
+    plan = metrics._netns_plan(scopes, groups)
+    assert [m.name for m, _ in plan] == [m.name for m in metrics.NETNS_METRICS
+                                         if m.group in groups and (m.scope_field is None
+                                                                   or scopes[m.scope_field] == kernel_scopes.NETNS)]
+    for folder in ("linux-6.18-server", "pcp-rhel6-bigsys"):
+        ns = _ns(folder)
+        made = metrics.netns_samples(ns, scopes, groups, plan)
+        assert made and made == metrics.netns_samples(ns, scopes, groups)

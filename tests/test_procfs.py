@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from container_netstat import procfs
 from container_netstat.errors import ProcessGone, ProcReadError
 from container_netstat.procfs import ProcFS
 
@@ -84,3 +85,22 @@ def test_the_namespace_key_of_a_process_that_died_under_a_stat_is_gone(
         ProcFS().netns_key(child.pid)
     with pytest.raises(ProcReadError):
         ProcFS().netns_key(os.getpid())  # alive: the error is the file's, not a vanished pid
+
+
+@pytest.mark.parametrize("root", ["/proc", "/proc/", "/host/proc", "relative", "", "/"])
+@pytest.mark.parametrize("parts", [(42, "net", "sockstat"), ("42",), (7, "ns", "net"), ("sys", "kernel", "osrelease"),
+                                   (), ("",), (1, ""), ("", 1), ("a/", "b"), ("a", "/b"), ("/abs",), ("a//b",),
+                                   (1, "net/", "x"), ("..", "etc")])
+def test_path_is_os_path_join(root: str, parts: tuple) -> None:
+    assert ProcFS(root).path(*parts) == os.path.join(root, *(str(p) for p in parts))
+
+
+def test_read_bytes_whole_or_bounded(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 200_000)
+    assert procfs.read_bytes(str(big)) == b"x" * 200_000  # more than one read
+    assert procfs.read_bytes(str(big), 65536) == b"x" * 65536
+    assert procfs.read_bytes(str(big), 10) == b"x" * 10
+    assert procfs.read_bytes("/proc/self/stat").startswith(str(os.getpid()).encode() + b" (")
+    with pytest.raises(FileNotFoundError):
+        procfs.read_bytes(str(tmp_path / "missing"))

@@ -152,3 +152,46 @@ def test_tcp_states_recorded() -> None:
 def test_malformed_tcp_table(text: str, message: str) -> None:
     with pytest.raises(ParseError, match=message):
         procnet.parse_tcp_sockets(text, "/proc/9/net/tcp")
+
+
+def _slow_snmp(text: str) -> dict[str, dict[str, int]]:
+    """The format by its definition, one token at a time: what the parser must agree with."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    out: dict[str, dict[str, int]] = {}
+    for header, values in zip(lines[0::2], lines[1::2]):
+        prefix = header.partition(":")[0]
+        out[prefix] = {n: int(v) for n, v in zip(header.partition(":")[2].split(), values.partition(":")[2].split())}
+    return out
+
+
+@pytest.mark.parametrize("path", SNMP, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_kept_sections_equal_the_full_parse(path: Path) -> None:
+    text = path.read_text()
+    full = procnet.parse_snmp(text, str(path))
+    assert full == _slow_snmp(text)
+    keep = ("Tcp", "Udp", "TcpExt", "NoSuchSection")
+    kept = procnet.parse_snmp(text, str(path), keep=keep)
+    assert kept == {name: fields for name, fields in full.items() if name in keep}
+    assert kept, "every recorded file has Tcp, Udp or TcpExt"
+
+
+@pytest.mark.parametrize(
+    "text, message, line",
+    [
+        ("Ip: A B\nIp: 1 z\nTcp: C\nTcp: 3\n", "not an integer: 'z'", 2),
+        ("Ip: A\nIp: 1\nTcp: C\nTcp: 3\nIp: A\nIp: 2\n", "section Ip appears twice", 5),
+        ("Ip: A B\nIp: 1\nTcp: C\nTcp: 3\n", "Ip: 2 names but 1 values", 2),
+    ],
+)
+def test_sections_not_kept_are_checked_all_the_same(text: str, message: str, line: int) -> None:
+    with pytest.raises(ParseError) as info:
+        procnet.parse_snmp(text, "/proc/42/net/snmp", keep=("Tcp",))
+    assert message in str(info.value)
+    assert info.value.line == line
+
+
+@pytest.mark.parametrize("token", ["x", "1.5", "", "0x10", "--1"])
+def test_the_first_bad_token_is_named(token: str) -> None:
+    text = f"TCP: inuse 1 orphan {token or '?'} tw y\n"
+    with pytest.raises(ParseError, match=f"not an integer: '{token or '?'}'"):
+        procnet.parse_sockstat(text, "sockstat")
