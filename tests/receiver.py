@@ -254,6 +254,17 @@ class _Hostname:
     drip_headers: bool = False
 
 
+def _shut(connections: "List[socket.socket]", close: bool = False) -> None:
+    """Shut down (and close) open connections: their peers see a reset or end of stream."""
+    for conn in connections:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if close:
+            conn.close()
+
+
 class TransferRpc:
     """Transfer's RPC port on 127.0.0.1 (the module docstring); ``updates`` records each
     Transfer.Update's items, ``calls`` every method called."""
@@ -299,12 +310,7 @@ class TransferRpc:
             self._listener = None
         with self._lock:
             connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+        _shut(connections, close=True)
 
     down = stop
 
@@ -485,11 +491,7 @@ class Receiver:
             self._server = None
         with self._lock:
             connections, self._connections = list(self._connections), set()
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _shut(connections)
         if self._thread is not None:
             self._thread.join(5)
 
